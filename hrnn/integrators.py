@@ -117,9 +117,7 @@ def get_scheme(name: str | Scheme) -> Scheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown integration scheme {name!r}; known schemes: {sorted(SCHEMES)}"
-        ) from None
+        raise ValueError(f"unknown integration scheme {name!r}; known schemes: {sorted(SCHEMES)}") from None
 
 
 def validate_state(p: Tensor, q: Tensor) -> None:
