@@ -1,0 +1,37 @@
+"""Shared fixtures: where the offline data lives, and deterministic defaults for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# The data sits beside the checkout (../shared/data); HRNN_DATA points elsewhere if needed.
+DATA = Path(os.environ.get("HRNN_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _data_dir(name: str) -> Path:
+    path = DATA / name
+    if not path.is_dir():
+        pytest.skip(f"offline data not found at {path} (set HRNN_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """Folder with the real MNIST test-set IDX files."""
+    return _data_dir("mnist")
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    """Folder with the 3,000 Free Spoken Digit Dataset WAV recordings."""
+    return _data_dir("fsdd/recordings")
