@@ -66,7 +66,10 @@ def find_mnist_files(root: str | Path, split: str = "test") -> tuple[Path, Path]
         raise ValueError(f"unknown MNIST split {split!r}; known: {sorted(_MNIST_NAMES)}")
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"MNIST folder not found: {root}")
+        raise DataError(
+            f"MNIST folder not found: {root}; expected a folder holding the IDX files "
+            f"{' and '.join(stem + '[.gz]' for stem in _MNIST_NAMES[split])} (or root/MNIST/raw/ holding them)"
+        )
     found = []
     for stem in _MNIST_NAMES[split]:
         candidates = [d / (stem + ext) for d in (root, root / "MNIST" / "raw") for ext in (".gz", "")]
