@@ -2,8 +2,19 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .cells import (
+    AntisymmetricCell,
+    CoRNNCell,
+    GatedAntisymmetricCell,
+    HamiltonianCell,
+    OscillatorCell,
+    RecurrentCell,
+)
 from .hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
 from .integrators import SCHEMES, Scheme, get_scheme, integrate
+from .models import SequenceModel, available_models, build_model
+from .rnn import AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN, RecurrentLayer
+from .step_size import heuristic_dt
 
 try:
     __version__ = version("hrnn")
@@ -12,10 +23,26 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "SCHEMES",
+    "AntisymmetricCell",
+    "AntisymmetricRNN",
+    "CoRNN",
+    "CoRNNCell",
+    "GatedAntisymmetricCell",
+    "GatedAntisymmetricRNN",
+    "HamiltonianCell",
+    "HamiltonianRNN",
     "LogCoshHamiltonian",
+    "OscillatorCell",
     "OscillatorHamiltonian",
+    "OscillatorRNN",
+    "RecurrentCell",
+    "RecurrentLayer",
     "Scheme",
+    "SequenceModel",
     "__version__",
+    "available_models",
+    "build_model",
     "get_scheme",
+    "heuristic_dt",
     "integrate",
 ]

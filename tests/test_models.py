@@ -1,0 +1,133 @@
+"""build_model: every registry name, read-outs, torch baselines, option pass-through, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hrnn
+from hrnn.models import MODELS, build_model
+
+NAMES = ["hamiltonian", "oscillator", "cornn", "antisymmetric", "gated_antisymmetric", "lstm", "gru", "rnn"]
+IN, HIDDEN, OUT, B, T = 3, 6, 2, 4, 9
+
+
+def test_public_names_are_importable_from_hrnn():
+    for name in (
+        "HamiltonianCell",
+        "OscillatorCell",
+        "CoRNNCell",
+        "AntisymmetricCell",
+        "GatedAntisymmetricCell",
+    ):
+        assert issubclass(getattr(hrnn, name), hrnn.RecurrentCell)
+    for name in ("HamiltonianRNN", "OscillatorRNN", "CoRNN", "AntisymmetricRNN", "GatedAntisymmetricRNN"):
+        assert issubclass(getattr(hrnn, name), hrnn.RecurrentLayer)
+    assert callable(hrnn.build_model) and callable(hrnn.available_models)
+    assert {"build_model", "available_models", "HamiltonianRNN"} <= set(hrnn.__all__)
+
+
+def test_readme_example_steps_a_sequence_piece_by_piece():
+    rnn = hrnn.HamiltonianRNN(input_size=8, hidden_size=16, num_layers=2, batch_first=True)
+    x = torch.randn(3, 20, 8)
+    output, (p_n, q_n) = rnn(x)
+    assert output.shape == (3, 20, 16) and p_n.shape == q_n.shape == (2, 3, 16)
+    first, state = rnn(x[:, :12])
+    second, (p_end, q_end) = rnn(x[:, 12:], state)
+    torch.testing.assert_close(torch.cat([first, second], 1), output)
+    torch.testing.assert_close((p_end, q_end), (p_n, q_n))
+
+
+def test_available_models_lists_every_registry_name():
+    assert hrnn.available_models() == NAMES
+    assert set(MODELS) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("readout", "shape"), [("last", (B, OUT)), ("sequence", (B, T, OUT))])
+def test_every_model_maps_batch_first_input_to_the_readout_shape(name, readout, shape):
+    model = build_model(name, IN, HIDDEN, OUT, readout=readout, num_layers=2)
+    assert model(torch.randn(B, T, IN)).shape == shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_last_readout_is_the_head_on_the_last_step_of_the_sequence_readout(name):
+    model = build_model(name, IN, HIDDEN, OUT, readout="sequence")
+    x = torch.randn(B, T, IN)
+    last = build_model(name, IN, HIDDEN, OUT, readout="last")
+    last.load_state_dict(model.state_dict())
+    torch.testing.assert_close(last(x), model(x)[:, -1])
+
+
+@pytest.mark.parametrize(("name", "torch_class"), [("lstm", nn.LSTM), ("gru", nn.GRU), ("rnn", nn.RNN)])
+def test_baselines_equal_the_torch_modules_they_wrap(name, torch_class):
+    model = build_model(name, IN, HIDDEN, OUT, num_layers=2)
+    reference = torch_class(IN, HIDDEN, num_layers=2, batch_first=True)
+    reference.load_state_dict(model.rnn.state_dict())
+    x = torch.randn(B, T, IN)
+    output, _ = reference(x)
+    torch.testing.assert_close(
+        model(x), output[:, -1] @ model.head.weight.T + model.head.bias, rtol=0, atol=1e-6
+    )
+    assert type(model.rnn) is torch_class
+
+
+def test_cell_options_pass_through_build_model():
+    model = build_model("hamiltonian", IN, HIDDEN, OUT, num_layers=2, dt=0.05, scheme="verlet")
+    assert all(c.dt.item() == pytest.approx(0.05) and c.scheme == "verlet" for c in model.rnn.cells)
+    auto = build_model("hamiltonian", IN, HIDDEN, OUT, dt="auto", seq_len=1000)
+    assert auto.rnn.cells[0].dt.item() == pytest.approx(
+        hrnn.heuristic_dt(1000, auto.rnn.cells[0].max_frequency())
+    )
+    cornn = build_model("cornn", IN, HIDDEN, OUT, dt=0.1, gamma=1.0, epsilon=2.0)
+    assert cornn.rnn.cells[0].gamma.item() == 1.0
+    assert build_model("rnn", IN, HIDDEN, OUT, nonlinearity="relu").rnn.nonlinearity == "relu"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dtype_option_builds_the_whole_model_in_float64(name):
+    model = build_model(name, IN, HIDDEN, OUT, dtype=torch.float64)
+    assert all(t.dtype == torch.float64 for t in model.state_dict().values())
+    assert model(torch.randn(B, T, IN, dtype=torch.float64)).dtype == torch.float64
+
+
+def _hamiltonian_parameter_count(n_in: int, n: int, n_out: int) -> int:
+    # weight_ih + bias_ih + K_q + K_p + b_p, then the linear head.
+    return n * n_in + n + 2 * n * n + n + n * n_out + n_out
+
+
+def test_hamiltonian_parameter_count_matches_its_equations():
+    model = build_model("hamiltonian", IN, 128, OUT)
+    assert sum(p.numel() for p in model.parameters()) == _hamiltonian_parameter_count(IN, 128, OUT)
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'transformer'; known models: \['hamiltonian', "):
+        build_model("transformer", IN, HIDDEN, OUT)
+
+
+def test_unknown_readout_fails_clearly():
+    with pytest.raises(ValueError, match=r"unknown readout 'first'; known readouts: \['last', 'sequence'\]"):
+        build_model("lstm", IN, HIDDEN, OUT, readout="first")
+
+
+def test_option_of_another_cell_fails_clearly():
+    with pytest.raises(TypeError, match="dt"):
+        build_model("lstm", IN, HIDDEN, OUT, dt=0.1)
+
+
+BAD_INPUTS = [
+    (torch.randn(B, T, IN + 2), ValueError, r"input_size=3, got shape \(4, 9, 5\)"),
+    (torch.randn(T, IN), ValueError, r"expected input of shape \(batch, T, input_size\)"),
+    (torch.ones(B, T, IN, dtype=torch.int32), TypeError, "floating-point"),
+    (torch.randn(B, T, IN).double(), TypeError, "parameters have dtype torch.float32"),
+    (torch.full((B, T, IN), float("inf")), ValueError, "NaN or infinite"),
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("x", "error", "message"), BAD_INPUTS)
+def test_bad_input_fails_clearly_for_every_model(name, x, error, message):
+    with pytest.raises(error, match=message):
+        build_model(name, IN, HIDDEN, OUT)(x)
