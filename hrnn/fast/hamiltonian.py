@@ -1,0 +1,419 @@
+r"""Fast whole-sequence recurrence of the log-cosh Hamiltonian cell, with a hand-written backward.
+
+One step ``t`` of the cell is ``hrnn.integrators.get_scheme(scheme).step(p, q, grad_v, grad_t, dt)``
+with the log-cosh energy of Galimberti et al. (2023),
+
+.. math::
+    \nabla V_t(q) = K_q^\top \tanh(K_q q + u_t), \qquad \nabla T(p) = K_p^\top \tanh(K_p p + b_p),
+
+and the output of step ``t`` is :math:`q_t`. Every scheme is a sequence of *substeps* — a kick
+:math:`p \leftarrow p - c\,dt\,\nabla V_t(q)` or a drift :math:`q \leftarrow q + c\,dt\,\nabla T(p)` —
+grouped in *stages* whose substeps read the same state (:data:`PLANS`). Substep ``s`` writes a new
+version of its target into state buffer ``s`` (row ``t + 1`` for step ``t``, row 0 for the initial
+state), so forward, inverse and backward all run off one static table (:class:`Layout`).
+
+Backward of a substep :math:`y' = y + \sigma\,dt\,\tanh(x K^\top + b) K` with output cotangent
+:math:`g`: :math:`z = (g\,\sigma\,dt\,K^\top) \odot (1 - a^2)`, :math:`\bar x \mathrel{+}= z K`,
+:math:`\bar K \mathrel{+}= \sigma\,dt\,a^\top g + z^\top x`, :math:`\bar b \mathrel{+}= z`.
+The loop only propagates cotangents; the :math:`\bar K` terms of a whole segment are two large
+matrix multiplies after it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..integrators import get_scheme
+from ._common import DEFAULT_CHUNK, InputGrad, InputTerm, validate_scan_inputs
+
+__all__ = ["PLANS", "Layout", "Substep", "hamiltonian_scan"]
+
+
+@dataclass(frozen=True)
+class Substep:
+    """``kind`` is ``"kick"`` (p -= fraction*dt*grad V_t(q)) or ``"drift"`` (q += fraction*dt*grad T(p))."""
+
+    kind: str
+    fraction: float
+
+
+_KICK, _DRIFT = Substep("kick", 1.0), Substep("drift", 1.0)
+_HALF_KICK = Substep("kick", 0.5)
+
+# scheme name -> stages; the substeps of one stage all read the stage's input state
+PLANS: dict[str, tuple[tuple[Substep, ...], ...]] = {
+    "euler": ((_KICK, _DRIFT),),
+    "symplectic_euler": ((_KICK,), (_DRIFT,)),
+    "verlet": ((_HALF_KICK,), (_DRIFT,), (_HALF_KICK,)),
+}
+
+# kind -> (variable it updates, variable it reads, sign of its update)
+_KINDS: dict[str, tuple[str, str, float]] = {"kick": ("p", "q", -1.0), "drift": ("q", "p", 1.0)}
+
+Ref = tuple[int, int]  # (state buffer, lag): the version in buffer row t + 1 - lag at step t
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Static buffer plan of a scheme: for substep ``s``, which version it reads and which it updates."""
+
+    kinds: tuple[str, ...]
+    sigma: tuple[float, ...]  # signed fraction of dt
+    stages: tuple[tuple[int, ...], ...]
+    source: tuple[Ref, ...]
+    previous: tuple[Ref, ...]
+    final: dict[str, int]  # variable -> the substep writing its last version in a step
+
+    @property
+    def input_substep(self) -> int:
+        """The first kick: its activation cotangent is written straight into the input gradient."""
+        return self.kinds.index("kick")
+
+    @classmethod
+    def of(cls, plan: tuple[tuple[Substep, ...], ...]) -> Layout:
+        flat = [sub for stage in plan for sub in stage]
+        stages, kinds, sigma, stage_of = [], [], [], []
+        for j, stage in enumerate(plan):
+            stages.append(tuple(range(len(kinds), len(kinds) + len(stage))))
+            for sub in stage:
+                kinds.append(sub.kind)
+                sigma.append(_KINDS[sub.kind][2] * sub.fraction)
+                stage_of.append(j)
+        final = {}
+        for s, sub in enumerate(flat):
+            final[_KINDS[sub.kind][0]] = s
+        if set(final) != {"p", "q"}:
+            raise ValueError(f"a plan must update both p and q, got {plan}")
+
+        def version_before(var: str, stage: int) -> Ref:
+            writers = [s for s, sub in enumerate(flat) if _KINDS[sub.kind][0] == var and stage_of[s] < stage]
+            return (writers[-1], 0) if writers else (final[var], 1)
+
+        source = tuple(version_before(_KINDS[k][1], stage_of[s]) for s, k in enumerate(kinds))
+        previous = tuple(version_before(_KINDS[k][0], stage_of[s]) for s, k in enumerate(kinds))
+        return cls(tuple(kinds), tuple(sigma), tuple(stages), source, previous, final)
+
+
+_LAYOUTS = {name: Layout.of(plan) for name, plan in PLANS.items()}
+
+
+@dataclass(frozen=True)
+class _Params:
+    """Per-substep weights and biases of one call (row convention: ``G(x) = tanh(x K^T + b) K``)."""
+
+    weight: tuple[Tensor, ...]
+    bias_p: Tensor
+    dt: float
+
+    @classmethod
+    def of(cls, layout: Layout, weight_q: Tensor, weight_p: Tensor, bias_p: Tensor, dt: float) -> _Params:
+        return cls(tuple(weight_q if k == "kick" else weight_p for k in layout.kinds), bias_p, dt)
+
+
+def _forward_segment(
+    layout: Layout, prm: _Params, u: Tensor, act: list[Tensor], state: list[Tensor], inverse: bool = False
+) -> None:
+    """Run the steps of one segment, or with ``inverse`` undo them from the last row back to row 0.
+
+    ``act[s]`` (m, B, n) receives the activations; ``state[s]`` (m + 1, B, n) holds the versions,
+    row 0 the state before the segment (forward) or row m the state after it (inverse).
+    """
+    u_rows = u.unbind(0)
+    act_rows = [a.unbind(0) for a in act]
+    state_rows = [x.unbind(0) for x in state]
+    weight, dt = prm.weight, prm.dt
+    weight_t = [w.T for w in weight]
+    bias = [None if k == "kick" else prm.bias_p for k in layout.kinds]
+    steps = range(len(u_rows) - 1, -1, -1) if inverse else range(len(u_rows))
+    substeps = tuple(reversed(range(len(layout.kinds))))
+    for r in steps:
+        u_r = u_rows[r]
+        if inverse:
+            # every stage of a symplectic plan is one substep, and its source is left unchanged by it
+            for s in substeps:
+                (sb, sl), (pb, pl) = layout.source[s], layout.previous[s]
+                a = act_rows[s][r]
+                torch.addmm(
+                    u_r if bias[s] is None else bias[s], state_rows[sb][r + 1 - sl], weight_t[s], out=a
+                )
+                a.tanh_()
+                torch.addmm(
+                    state_rows[s][r + 1],
+                    a,
+                    weight[s],
+                    alpha=-layout.sigma[s] * dt,
+                    out=state_rows[pb][r + 1 - pl],
+                )
+            continue
+        for stage in layout.stages:
+            for s in stage:
+                sb, sl = layout.source[s]
+                a = act_rows[s][r]
+                torch.addmm(
+                    u_r if bias[s] is None else bias[s], state_rows[sb][r + 1 - sl], weight_t[s], out=a
+                )
+                a.tanh_()
+            for s in stage:
+                pb, pl = layout.previous[s]
+                torch.addmm(
+                    state_rows[pb][r + 1 - pl], act_rows[s][r], weight[s], alpha=layout.sigma[s] * dt,
+                    out=state_rows[s][r + 1],
+                )  # fmt: skip
+
+
+def _sum_into(terms: list, out: Tensor) -> Tensor:
+    """Write the sum of cotangent terms into ``out``: tensors, and ``(z, K)`` pairs meaning ``z @ K``."""
+    tensors = [t for t in terms if isinstance(t, Tensor)]
+    products = [t for t in terms if not isinstance(t, Tensor)]
+    if tensors and products:
+        torch.addmm(tensors.pop(0), *products.pop(0), out=out)
+    elif tensors:
+        out.copy_(tensors.pop(0))
+    elif products:
+        torch.mm(*products.pop(0), out=out)
+    else:
+        return out.zero_()
+    for t in tensors:
+        out.add_(t)
+    for z, k in products:
+        out.addmm_(z, k)
+    return out
+
+
+class _Workspace:
+    """Per-segment buffers of the backward pass, allocated once for the longest segment and reused.
+
+    ``act``/``state`` are only needed when the states are rebuilt (reversible mode); stored mode
+    reads slices of the forward's buffers instead.
+    """
+
+    def __init__(self, n_sub: int, rows: int, like: Tensor, rebuild: bool) -> None:
+        shape = (rows, *like.shape)
+        self.cot = [like.new_empty(shape) for _ in range(n_sub)]
+        self.z = [like.new_empty(shape) for _ in range(n_sub)]
+        self.sech2 = [like.new_empty(shape) for _ in range(n_sub)]
+        self.act = [like.new_empty(shape) for _ in range(n_sub)] if rebuild else []
+        self.state = [like.new_empty((rows + 1, *like.shape)) for _ in range(n_sub)] if rebuild else []
+
+
+def _materialise(pending: dict) -> None:
+    """Sum every pending cotangent into a tensor of its own, so the workspace can be reused."""
+    for key, terms in pending.items():
+        first = terms[0] if isinstance(terms[0], Tensor) else terms[0][0]
+        pending[key] = [_sum_into(terms, torch.empty_like(first))]
+
+
+def _backward_segment(
+    layout: Layout,
+    prm: _Params,
+    t0: int,
+    act: list[Tensor],
+    state: list[Tensor],
+    grad_out: Tensor | None,
+    pending: dict,
+    ws: _Workspace,
+    du: Tensor,
+    grads: dict[str, Tensor],
+) -> None:
+    """Propagate cotangents through the ``m`` steps of one segment and add its parameter gradients.
+
+    ``pending`` maps a version ``(buffer, global row)`` to the cotangent terms gathered for it;
+    on return it holds only the versions of the state before the segment, each one tensor.
+    ``du`` (m, B, n) receives the gradient of the input term.
+    """
+    m, n_sub, dt = act[0].shape[0], len(layout.kinds), prm.dt
+    scaled_t = [(layout.sigma[s] * dt) * prm.weight[s].T for s in range(n_sub)]
+    cot = [c[:m] for c in ws.cot]
+    z = [du if s == layout.input_substep else ws.z[s][:m] for s in range(n_sub)]
+    one = torch.ones((), dtype=du.dtype, device=du.device)
+    sech2 = [torch.addcmul(one, a, a, value=-1, out=d[:m]) for a, d in zip(act, ws.sech2, strict=True)]
+    cot_rows = [c.unbind(0) for c in cot]
+    z_rows = [x.unbind(0) for x in z]
+    sech2_rows = [x.unbind(0) for x in sech2]
+    go_rows = grad_out.unbind(0) if grad_out is not None else None
+    final_q = layout.final["q"]
+    order = tuple(reversed(range(n_sub)))
+    for r in range(m - 1, -1, -1):
+        row = t0 + r + 1
+        if go_rows is not None:
+            pending[(final_q, row)].append(go_rows[r])
+        for s in order:
+            g = _sum_into(pending.pop((s, row), []), cot_rows[s][r])
+            zr = torch.mm(g, scaled_t[s], out=z_rows[s][r])
+            zr.mul_(sech2_rows[s][r])
+            (pb, pl), (sb, sl) = layout.previous[s], layout.source[s]
+            pending[(pb, row - pl)].append(g)
+            pending[(sb, row - sl)].append((zr, prm.weight[s]))
+    _materialise(pending)
+    n = act[0].shape[-1]
+    for s in range(n_sub):
+        sb, sl = layout.source[s]
+        zf = z[s].reshape(-1, n)
+        grad = grads["weight_q" if layout.kinds[s] == "kick" else "weight_p"]
+        grad.addmm_(act[s].reshape(-1, n).T, cot[s].reshape(-1, n), alpha=layout.sigma[s] * dt)
+        grad.addmm_(zf.T, state[sb][1 - sl : m + 1 - sl].reshape(-1, n))
+        if layout.kinds[s] == "drift":
+            grads["bias_p"].add_(zf.sum(0))
+        elif s != layout.input_substep:
+            du.add_(z[s])
+
+
+class _HamiltonianScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, data, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, layout, dt, cfg):
+        term = InputTerm(data, weight_ih, bias_ih)
+        prm = _Params.of(layout, weight_q, weight_p, bias_p, dt)
+        seq_len, (batch, n), n_sub = data.shape[0], p0.shape, len(layout.kinds)
+        keep = any(ctx.needs_input_grad)
+        stored = keep and not cfg.reversible
+        fp, fq = layout.final["p"], layout.final["q"]
+        segments = cfg.segments(seq_len)
+        rows = seq_len if stored else max(b - a for a, b in segments)
+        # q's last version of every step is the output: its buffer is the output storage, row 0 = q0
+        q_all = p0.new_empty(seq_len + 1, batch, n)
+        q_all[0] = q0
+        act = [p0.new_empty(rows, batch, n) for _ in range(n_sub)]
+        state = [q_all if s == fq else p0.new_empty(rows + 1, batch, n) for s in range(n_sub)]
+        state[fp][0] = p0
+        u_all = term.segment(0, seq_len) if stored else None
+        checkpoints, m = [], 0
+        for t0, t1 in segments:
+            if stored:
+                seg_act, seg_state, u = [a[t0:t1] for a in act], [x[t0 : t1 + 1] for x in state], u_all[t0:t1]
+            else:
+                # reuse the first rows of the buffers for every segment; p enters from the last one
+                if t0 > 0:
+                    state[fp][0].copy_(state[fp][m])
+                m = t1 - t0
+                seg_act = [a[:m] for a in act]
+                seg_state = [q_all[t0 : t1 + 1] if s == fq else x[: m + 1] for s, x in enumerate(state)]
+                u = term.segment(t0, t1)
+            _forward_segment(layout, prm, u, seg_act, seg_state)
+            if keep and cfg.checkpointed(t1, seq_len):
+                checkpoints += [seg_state[fp][-1].clone(), q_all[t1].clone()]
+        p_final = state[fp][seq_len if stored else m].clone()
+        q_final = q_all[seq_len].clone()
+        ctx.layout, ctx.dt, ctx.cfg, ctx.shape = layout, dt, cfg, (seq_len, batch, n)
+        if stored:
+            x = data if weight_ih is not None else None  # u itself is not needed: activations are stored
+            ctx.save_for_backward(x, weight_q, weight_p, bias_p, weight_ih, bias_ih, *act, *state)
+        elif keep:
+            ctx.save_for_backward(
+                data, weight_q, weight_p, bias_p, weight_ih, bias_ih, p_final, q_final, *checkpoints
+            )
+        return q_all[1:], p_final, q_final
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_p, grad_q):
+        layout, dt, cfg = ctx.layout, ctx.dt, ctx.cfg
+        seq_len, batch, n = ctx.shape
+        data, weight_q, weight_p, bias_p, weight_ih, bias_ih, *rest = ctx.saved_tensors
+        n_sub, fp, fq = len(layout.kinds), layout.final["p"], layout.final["q"]
+        prm = _Params.of(layout, weight_q, weight_p, bias_p, dt)
+        segments = cfg.segments(seq_len)
+        rows = max(b - a for a, b in segments)
+        like = weight_q.new_empty(batch, n)
+        needs = ctx.needs_input_grad
+        term = InputTerm(data, weight_ih, bias_ih) if data is not None else None
+        input_grad = InputGrad(
+            term if weight_ih is not None else None,
+            (seq_len, batch, n),
+            rows,
+            like,
+            (needs[0], needs[6], needs[7]),
+        )
+        grads = {
+            name: torch.zeros_like(t) for name, t in zip(_PARAMS, (weight_q, weight_p, bias_p), strict=True)
+        }
+        pending: dict = defaultdict(list)
+        for var, g in (("p", grad_p), ("q", grad_q)):
+            if g is not None:
+                pending[(layout.final[var], seq_len)].append(g)
+        ws = _Workspace(n_sub, rows, like, rebuild=cfg.reversible)
+        if cfg.reversible:
+            p_final, q_final, *saved = rest
+            marks = [t1 for _, t1 in segments if cfg.checkpointed(t1, seq_len)]
+            anchors = {t: (saved[2 * i], saved[2 * i + 1]) for i, t in enumerate(marks)}
+            anchors[seq_len] = (p_final, q_final)
+        for t0, t1 in reversed(segments):
+            m = t1 - t0
+            if cfg.reversible:
+                act, state = [a[:m] for a in ws.act], [x[: m + 1] for x in ws.state]
+                # the segment ends at a stored state, or where the later segment's rebuild arrived
+                end_p, end_q = anchors.get(t1, (ws.state[fp][0], ws.state[fq][0]))
+                state[fp][m].copy_(end_p)
+                state[fq][m].copy_(end_q)
+                _forward_segment(layout, prm, term.segment(t0, t1), act, state, inverse=True)
+            else:
+                act, state = [a[t0:t1] for a in rest[:n_sub]], [x[t0 : t1 + 1] for x in rest[n_sub:]]
+            du = input_grad.buffer(t0, t1)
+            go = None if grad_out is None else grad_out[t0:t1]
+            _backward_segment(layout, prm, t0, act, state, go, pending, ws, du, grads)
+            input_grad.finish(t0, t1, du)
+        grad_p0 = _sum_into(pending.pop((fp, 0), []), torch.empty_like(like))
+        grad_q0 = _sum_into(pending.pop((fq, 0), []), torch.empty_like(like))
+        d_data, d_weight_ih, d_bias_ih = input_grad.result()
+        return (d_data, grad_p0, grad_q0, *grads.values(), d_weight_ih, d_bias_ih, None, None, None)
+
+
+_PARAMS = ("weight_q", "weight_p", "bias_p")
+
+
+def hamiltonian_scan(
+    u: Tensor,
+    p0: Tensor,
+    q0: Tensor,
+    weight_q: Tensor,
+    weight_p: Tensor,
+    bias_p: Tensor,
+    dt: Tensor | float,
+    scheme: str = "symplectic_euler",
+    memory: str = "stored",
+    checkpoint_every: int | None = None,
+    *,
+    weight_ih: Tensor | None = None,
+    bias_ih: Tensor | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Run the Hamiltonian cell over a whole sequence; same result as the plain loop of ``scheme`` steps.
+
+    Step ``t``: ``get_scheme(scheme).step(p, q, grad_v, grad_t, dt)`` with
+    :math:`\nabla V_t(q) = K_q^\top\tanh(K_q q + u_t)`, :math:`\nabla T(p) = K_p^\top\tanh(K_p p + b_p)`.
+
+    Args:
+        u: projected input (T, B, n) :math:`= x W_{ih}^\top + b_{ih}`; or, when ``weight_ih`` is given,
+            the raw input x (T, B, d), projected inside segment by segment (what keeps reversible memory
+            independent of T, since u need not be kept for the backward pass).
+        p0, q0: initial state, each (B, n).
+        weight_q, weight_p: :math:`K_q, K_p` (n, n). bias_p: :math:`b_p` (n,).
+        dt: step size, a positive float or 0-dim tensor (not differentiated).
+        scheme: ``"symplectic_euler"``, ``"verlet"`` or ``"euler"``.
+        memory: ``"stored"`` keeps every activation (fastest, memory O(T)); ``"reversible"`` rebuilds
+            the states backwards by the exact inverse step (symplectic schemes only; memory
+            O(T / checkpoint_every + chunk)).
+        checkpoint_every: reversible mode re-anchors on a stored state every this many steps
+            (default :data:`~hrnn.fast.DEFAULT_CHECKPOINT_EVERY`); a value >= T keeps none.
+        weight_ih, bias_ih: optional input projection :math:`W_{ih}` (n, d), :math:`b_{ih}` (n,).
+        chunk: segment length of the backward workspace.
+
+    Returns:
+        ``(outputs, p_T, q_T)``: :math:`q_t` of every step (T, B, n) and the final state, each (B, n).
+    """
+    s = get_scheme(scheme)
+    if s.name not in _LAYOUTS:
+        raise ValueError(f"scheme {s.name!r} has no fast plan; fast schemes: {sorted(_LAYOUTS)}")
+    n = p0.shape[-1] if isinstance(p0, Tensor) else 0
+    params = {"weight_q": (weight_q, (n, n)), "weight_p": (weight_p, (n, n)), "bias_p": (bias_p, (n,))}
+    cfg = validate_scan_inputs(
+        u, p0, q0, params, weight_ih, bias_ih, dt, memory, checkpoint_every, chunk, s.symplectic
+    )
+    step = float(dt)
+    return _HamiltonianScan.apply(
+        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, _LAYOUTS[s.name], step, cfg
+    )

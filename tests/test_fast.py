@@ -1,0 +1,273 @@
+"""The fast scans equal autograd through the plain integrator loop, in every mode, to round-off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hrnn.fast import PLANS, hamiltonian_scan, oscillator_scan
+from hrnn.fast._common import segment_bounds
+from hrnn.hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
+from hrnn.integrators import SCHEMES, get_scheme
+
+F64 = torch.float64
+T, B, N, D = 13, 3, 4, 2
+CHUNK = 4  # several segments per sequence, one of them shorter than the others
+
+
+def reference_hamiltonian(u, p, q, weight_q, weight_p, bias_p, dt, scheme):
+    """Autograd through ``get_scheme(scheme).step`` on the log-cosh energy with bias u_t."""
+    step, outputs = get_scheme(scheme).step, []
+    for u_t in u:
+        energy = LogCoshHamiltonian(K_p=weight_p, K_q=weight_q, b_p=bias_p, b_q=u_t)
+        p, q = step(p, q, energy.grad_v, energy.grad_t, dt)
+        outputs.append(q)
+    return torch.stack(outputs), p, q
+
+
+def reference_oscillator(u, p, q, w, h, alpha):
+    """Autograd through symplectic Euler on the oscillator energy with bias u_t."""
+    step, outputs = get_scheme("symplectic_euler").step, []
+    for u_t in u:
+        energy = OscillatorHamiltonian(w=w, b=u_t, alpha=alpha)
+        p, q = step(p, q, energy.grad_v, energy.grad_t, h)
+        outputs.append(q)
+    return torch.stack(outputs), p, q
+
+
+def hamiltonian_leaves(dtype=F64, seq_len=T, batch=B, n=N, scale=1.0):
+    """x, W_ih, b_ih, p0, q0, K_q, K_p, b_p, all requiring grad."""
+    shapes = [(seq_len, batch, D), (n, D), (n,), (batch, n), (batch, n), (n, n), (n, n), (n,)]
+    return [(scale * torch.randn(s, dtype=dtype)).requires_grad_() for s in shapes]
+
+
+def oscillator_leaves(dtype=F64, seq_len=T):
+    """x, W_ih, b_ih, p0, q0, w, c (h = 0.5 sigmoid(c)), all requiring grad."""
+    shapes = [(seq_len, B, D), (N, D), (N,), (B, N), (B, N), (N,), (N,)]
+    return [torch.randn(s, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def loss_weights(outputs, p, q):
+    """Random cotangents, so every output enters the loss with its own weight."""
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (outputs, p, q)]
+
+
+def weighted(results, weights, use):
+    return sum((r * w).sum() for r, w, keep in zip(results, weights, use, strict=True) if keep)
+
+
+def assert_all_close(actual, expected, tol=1e-10):
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=tol, atol=tol)
+
+
+MODES = [("stored", None), ("reversible", None), ("reversible", 3), ("reversible", 5)]
+LOSSES = {"all": (True, True, True), "outputs": (True, False, False), "final_state": (False, True, True)}
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize(("memory", "checkpoint_every"), MODES)
+@pytest.mark.parametrize("projected", [False, True], ids=["u", "x_w_ih"])
+def test_hamiltonian_scan_matches_plain_loop_in_value_and_every_gradient(
+    scheme, memory, checkpoint_every, projected
+):
+    if memory == "reversible" and not SCHEMES[scheme].symplectic:
+        pytest.skip("reversible needs an exact inverse")
+    dt = torch.tensor(0.3, dtype=F64)
+    leaves = hamiltonian_leaves()
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = leaves
+    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, dt, scheme)
+    weights = loss_weights(*expected)
+    expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES["all"]), leaves)
+    kw = {"weight_ih": w_ih, "bias_ih": b_ih} if projected else {}
+    u = x if projected else x @ w_ih.T + b_ih
+    actual = hamiltonian_scan(u, p0, q0, kq, kp, bp, dt, scheme, memory, checkpoint_every, chunk=CHUNK, **kw)
+    assert_all_close(actual, expected)
+    assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES["all"]), leaves), expected_grads)
+
+
+@pytest.mark.parametrize("loss", ["outputs", "final_state"])
+@pytest.mark.parametrize("memory", ["stored", "reversible"])
+def test_hamiltonian_scan_gradients_when_only_part_of_the_result_is_used(loss, memory):
+    dt = torch.tensor(0.2, dtype=F64)
+    leaves = hamiltonian_leaves()
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = leaves
+    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, dt, "verlet")
+    weights = loss_weights(*expected)
+    expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES[loss]), leaves)
+    actual = hamiltonian_scan(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, dt, "verlet", memory, chunk=CHUNK)
+    assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES[loss]), leaves), expected_grads)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+@pytest.mark.parametrize(("memory", "checkpoint_every"), MODES)
+@pytest.mark.parametrize("projected", [False, True], ids=["u", "x_w_ih"])
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_oscillator_scan_matches_plain_loop_in_value_and_every_gradient(
+    alpha, memory, checkpoint_every, projected, loss
+):
+    leaves = oscillator_leaves()
+    x, w_ih, b_ih, p0, q0, w, c = leaves
+    expected = reference_oscillator(x @ w_ih.T + b_ih, p0, q0, w, 0.5 * torch.sigmoid(c), alpha)
+    weights = loss_weights(*expected)
+    expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES[loss]), leaves)
+    kw = {"weight_ih": w_ih, "bias_ih": b_ih} if projected else {}
+    u = x if projected else x @ w_ih.T + b_ih
+    h = 0.5 * torch.sigmoid(c)
+    actual = oscillator_scan(u, p0, q0, w, h, alpha, memory, checkpoint_every, chunk=CHUNK, **kw)
+    assert_all_close(actual, expected)
+    assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES[loss]), leaves), expected_grads)
+
+
+@pytest.mark.parametrize("memory", ["stored", "reversible"])
+@pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
+def test_hamiltonian_scan_passes_gradcheck(memory, scheme):
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = hamiltonian_leaves(seq_len=5, batch=2, n=3)
+
+    def f(x, w_ih, b_ih, p0, q0, kq, kp, bp):
+        return hamiltonian_scan(x, p0, q0, kq, kp, bp, 0.25, scheme, memory, 2 if memory == "reversible" else None,
+                                weight_ih=w_ih, bias_ih=b_ih, chunk=2)  # fmt: skip
+
+    assert torch.autograd.gradcheck(f, (x, w_ih, b_ih, p0, q0, kq, kp, bp))
+
+
+@pytest.mark.parametrize("memory", ["stored", "reversible"])
+def test_oscillator_scan_passes_gradcheck(memory):
+    x, w_ih, b_ih, p0, q0, w, c = oscillator_leaves(seq_len=5)
+    h = (0.5 * torch.sigmoid(c)).detach().requires_grad_()
+
+    def f(u, p0, q0, w, h):
+        return oscillator_scan(u, p0, q0, w, h, 0.7, memory, chunk=2)
+
+    assert torch.autograd.gradcheck(f, ((x @ w_ih.T + b_ih).detach().requires_grad_(), p0, q0, w, h))
+
+
+def test_every_integrator_scheme_has_a_fast_plan():
+    assert set(PLANS) == set(SCHEMES)
+
+
+def test_reversible_float32_gradients_stay_within_1e_4_of_stored_ones():
+    """Round-off of the states rebuilt by the inverse step, over 3,000 steps at the cell's scales
+    (orthogonal K, dt = 0.1): the relative gradient error stays far below 1e-4."""
+    seq_len, batch, n = 3000, 4, 16
+    kq, kp = (torch.linalg.qr(torch.randn(n, n))[0].requires_grad_() for _ in range(2))
+    bp = torch.zeros(n, requires_grad=True)
+    u = torch.randn(seq_len, batch, n).requires_grad_()
+    p0, q0 = torch.zeros(batch, n), torch.zeros(batch, n)
+    grads = {}
+    for memory in ("stored", "reversible"):
+        outputs, _, q = hamiltonian_scan(u, p0, q0, kq, kp, bp, 0.1, "symplectic_euler", memory)
+        loss = outputs.square().mean() + q.sum()
+        grads[memory] = torch.autograd.grad(loss, (u, kq, kp, bp))
+    for stored, reversible in zip(grads["stored"], grads["reversible"], strict=True):
+        assert (reversible - stored).norm() <= 1e-4 * stored.norm()
+
+
+def saved_bytes(fn, inputs) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``fn()``, beyond its ``inputs``."""
+    given = {t.untyped_storage().data_ptr() for t in inputs}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in given:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("scan", ["hamiltonian", "oscillator"])
+def test_reversible_mode_keeps_no_per_step_state(scan):
+    def measure(seq_len, memory):
+        x, p0 = torch.randn(seq_len, B, D), torch.zeros(B, N)
+        w_ih, b_ih = torch.randn(N, D, requires_grad=True), torch.zeros(N, requires_grad=True)
+        kw = {"weight_ih": w_ih, "bias_ih": b_ih, "chunk": 8}
+        if scan == "hamiltonian":
+            k = torch.randn(N, N, requires_grad=True)
+            inputs = (x, p0, w_ih, b_ih, k)
+            return saved_bytes(
+                lambda: hamiltonian_scan(x, p0, p0, k, k, b_ih, 0.1, "verlet", memory, **kw), inputs
+            )
+        w, h = torch.randn(N, requires_grad=True), torch.full((N,), 0.1)
+        inputs = (x, p0, w_ih, b_ih, w, h)
+        return saved_bytes(lambda: oscillator_scan(x, p0, p0, w, h, 0.5, memory, **kw), inputs)
+
+    # the final state only: no checkpoint below 1,000 steps
+    assert measure(40, "reversible") == measure(400, "reversible") == 2 * B * N * 4
+    assert measure(400, "stored") > 9 * measure(40, "stored")
+
+
+def test_scans_without_grad_keep_nothing_and_return_the_same_values():
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = hamiltonian_leaves()
+    with torch.no_grad():
+        fast = hamiltonian_scan(
+            x, p0, q0, kq, kp, bp, 0.3, "verlet", weight_ih=w_ih, bias_ih=b_ih, chunk=CHUNK
+        )
+        expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, 0.3, "verlet")
+    assert fast[0].grad_fn is None
+    assert_all_close(fast, expected)
+
+
+def test_segments_end_at_every_checkpoint():
+    assert segment_bounds(10, 4, 3) == [0, 3, 4, 6, 8, 9, 10]
+    assert segment_bounds(8, 4) == [0, 4, 8]
+
+
+def test_reversible_mode_needs_a_symplectic_scheme():
+    x, _, _, p0, q0, kq, kp, bp = hamiltonian_leaves()
+    with pytest.raises(ValueError, match="symplectic"):
+        hamiltonian_scan(x[..., :1].expand(T, B, N), p0, q0, kq, kp, bp, 0.1, "euler", "reversible")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"memory": "checkpointed"}, ValueError, r"known modes: \['reversible', 'stored'\]"),
+        ({"scheme": "rk4"}, ValueError, "known schemes"),
+        ({"checkpoint_every": 10}, ValueError, "only to memory='reversible'"),
+        ({"memory": "reversible", "checkpoint_every": 0}, ValueError, "positive int"),
+        ({"u": torch.zeros(T, B, N + 1, dtype=F64)}, ValueError, r"u must have shape \(seq_len, 3, 4\)"),
+        ({"u": torch.zeros(0, B, N, dtype=F64)}, ValueError, "seq_len >= 1"),
+        ({"u": torch.zeros(T, B, N)}, TypeError, "torch.float32"),
+        ({"weight_q": torch.zeros(N, N + 1, dtype=F64)}, ValueError, r"weight_q must have shape \(4, 4\)"),
+        ({"dt": -0.1}, ValueError, "step size"),
+        ({"bias_ih": torch.zeros(N, dtype=F64)}, ValueError, "without weight_ih"),
+    ],
+)
+def test_hamiltonian_scan_rejects_bad_arguments_with_a_clear_error(kwargs, error, message):
+    args = {
+        "u": torch.zeros(T, B, N, dtype=F64),
+        "p0": torch.zeros(B, N, dtype=F64),
+        "q0": torch.zeros(B, N, dtype=F64),
+        "weight_q": torch.zeros(N, N, dtype=F64),
+        "weight_p": torch.zeros(N, N, dtype=F64),
+        "bias_p": torch.zeros(N, dtype=F64),
+        "dt": 0.1,
+    }
+    with pytest.raises(error, match=message):
+        hamiltonian_scan(**{**args, **kwargs})
+
+
+def test_oscillator_scan_rejects_a_non_positive_step():
+    zeros = torch.zeros(B, N)
+    with pytest.raises(ValueError, match="step size"):
+        oscillator_scan(torch.zeros(T, B, N), zeros, zeros, torch.ones(N), torch.zeros(N), 0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("memory", ["stored", "reversible"])
+def test_scans_on_cuda_match_the_cpu(memory):
+    leaves = hamiltonian_leaves()
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = leaves
+    u = x @ w_ih.T + b_ih
+    cpu = hamiltonian_scan(u, p0, q0, kq, kp, bp, 0.3, "verlet", memory, chunk=CHUNK)
+    cuda = hamiltonian_scan(*(t.cuda() for t in (u, p0, q0, kq, kp, bp)), 0.3, "verlet", memory, chunk=CHUNK)
+    assert_all_close([t.cpu() for t in cuda], cpu)
+    w, h = torch.rand(N, dtype=F64), torch.full((N,), 0.3, dtype=F64)
+    cpu = oscillator_scan(u, p0, q0, w, h, 0.5, memory, chunk=CHUNK)
+    cuda = oscillator_scan(*(t.cuda() for t in (u, p0, q0, w, h)), 0.5, memory, chunk=CHUNK)
+    assert_all_close([t.cpu() for t in cuda], cpu)

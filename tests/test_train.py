@@ -1,0 +1,303 @@
+"""The training script: config precedence, step-indexed batches, W&B logging, exact resume, NaN stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import default_collate
+
+import experiments.train as train_module
+from experiments.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from experiments.config import TrainConfig, build_config, load_yaml, parse_args
+from experiments.data import StepBatchSampler
+from experiments.evaluation import OBJECTIVES, evaluate
+from experiments.train import NonFiniteLossError, main, train
+from hrnn.models import available_models, build_model
+from hrnn.wandb_logger import read_offline_run
+from tasks import build_task
+from tasks.registry import available_tasks
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def tiny(tmp_path: Path, **overrides: object) -> TrainConfig:
+    """A run of a few seconds: adding problem with T = 12, a 6-unit Hamiltonian cell."""
+    fields = {
+        "task_kwargs": {"seq_len": 12, "n_train": 96, "n_val": 16, "n_test": 32},
+        "hidden_size": 6,
+        "batch_size": 16,
+        "steps": 10,
+        "lr": 1e-2,
+        "eval_every": 5,
+        "grad_log_every": 5,
+        "checkpoint_every": 4,
+        "out_dir": str(tmp_path),
+        "name": "run",
+        "wandb": "disabled",
+        "progress": False,
+        **overrides,
+    }
+    return build_config(fields)
+
+
+def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir)["model"]
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_default_config_file_is_the_builtin_default() -> None:
+    assert build_config(config_file=CONFIGS / "adding_hamiltonian.yaml") == TrainConfig()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_names_a_known_task_and_model(path: Path) -> None:
+    config = build_config(config_file=path)
+    assert config.task in available_tasks()
+    assert config.model in available_models()
+    assert path.stem == f"{config.task.split('_')[0]}_{config.model}"
+
+
+def test_flags_override_the_yaml_file_and_dict_flags_update_key_by_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: lstm\nlr: 1e-3\nsteps: 7\ntask_kwargs: {seq_len: 30, n_train: 64}\n")
+    args = parse_args(
+        ["--config", str(path), "--lr", "0.05", "--task-kwargs", "seq_len=40", "--clip-grad-norm", "none"]
+    )
+    config = build_config(args.overrides, config_file=args.config)
+    assert (config.model, config.lr, config.steps) == ("lstm", 0.05, 7)
+    assert config.task_kwargs == {"seq_len": 40, "n_train": 64}
+    assert config.clip_grad_norm is None
+    assert config.hidden_size == TrainConfig().hidden_size
+
+
+def test_unknown_yaml_key_fails_listing_the_known_keys(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(
+        ValueError, match=r"typo\.yaml: unknown config key\(s\) \['learning_rate'\]; known keys: .*'lr'"
+    ):
+        load_yaml(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optimizer": "adagrad"}, r"'optimizer': unknown value 'adagrad'; expected one of \['adam'"),
+        ({"lr": -1.0}, r"'lr' must be > 0"),
+        ({"steps": 0}, r"'steps' must be >= 1"),
+        ({"hidden_size": "big"}, r"'hidden_size' must be a int, got str 'big'"),
+        ({"wandb": "sometimes"}, r"'wandb': unknown value 'sometimes'"),
+    ],
+)
+def test_invalid_config_values_are_rejected_by_name(overrides: dict, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        build_config(overrides)
+
+
+# ----------------------------------------------------------------------------- batches and checkpoints
+
+
+def test_step_batches_cover_each_epoch_once_and_ranks_split_the_global_batch() -> None:
+    n, batch, steps = 50, 8, 13  # 6 batches per epoch, 2 samples dropped per epoch
+    one = list(StepBatchSampler(n, batch, seed=3, start=0, stop=steps))
+    assert len(one) == steps and all(len(b) == batch for b in one)
+    epoch0 = np.concatenate(one[:6])
+    assert len(set(epoch0.tolist())) == 48
+    assert one[6] != one[0]  # a new permutation for the next epoch
+    ranks = [list(StepBatchSampler(n, batch, 3, 0, steps, rank=r, world_size=2)) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == one
+    assert list(StepBatchSampler(n, batch, 3, start=9, stop=steps)) == one[9:]
+
+
+def test_batch_size_must_split_evenly_over_processes() -> None:
+    with pytest.raises(ValueError, match="batch_size 9 is not divisible by the 2 processes"):
+        StepBatchSampler(50, 9, 0, 0, 1, rank=0, world_size=2)
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, {"step": 1})
+
+    def torn_write(obj: object, f) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def test_offline_run_logs_loss_per_parameter_gradient_norms_and_hidden_gradient_curve(tmp_path: Path) -> None:
+    config = tiny(tmp_path, wandb="offline", steps=6, grad_log_every=3)
+    metrics = train(config)
+
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    assert 0 < metrics["test_mse"] == metrics["test_loss"] and metrics["steps"] == 6
+    assert build_config(load_yaml(run_dir / "config.yaml")) == config
+    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    run = read_offline_run(wandb_dir)
+
+    assert {f.name for f in dataclasses.fields(TrainConfig)} | {"hrnn_version", "world_size"} <= set(
+        run.config
+    )
+    rows = {row["_step"]: row for row in run.history}
+    assert [s for s, row in sorted(rows.items()) if "train/loss" in row] == list(range(6))
+    names = [name for name, _ in build_model("hamiltonian", 2, 6, 1).named_parameters()]
+    for row in (rows[s] for s in range(6)):
+        assert {"train/loss", "train/mse", "train/lr", "grad_norm/global"} <= set(row)
+        assert {f"grad_norm/{name}" for name in names} <= set(row)
+        assert np.isfinite(row["train/loss"]) and row["grad_norm/global"] > 0
+    for step in (3, 6):
+        table = json.loads((wandb_dir / "files" / rows[step]["hidden_grad/curve_table/path"]).read_text())
+        curve = [norm for _, norm in table["data"]]
+        assert len(curve) == 12 + 1 and all(v > 0 for v in curve)
+        assert rows[step]["hidden_grad/ratio"] == pytest.approx(curve[0] / curve[-1])
+    assert run.summary["hidden_grad/h0"] == pytest.approx(curve[0])
+    assert rows[5]["val/mse"] > 0 and run.summary["final/test_mse"] == pytest.approx(metrics["test_mse"])
+
+
+class Crash(RuntimeError):
+    """Stands for the process dying right after a checkpoint."""
+
+
+def test_run_resumed_after_a_crash_ends_with_the_parameters_of_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dropout between two layers draws from the RNG, so the RNG state must be restored too
+    overrides = {"num_layers": 2, "model_kwargs": {"dropout": 0.25}, "steps": 10, "checkpoint_every": 4}
+    train(tiny(tmp_path / "whole", **overrides))
+
+    def save_then_crash_at_step_8(path: Path, state: dict) -> Path:
+        written = save_checkpoint(path, state)
+        if state["step"] == 8:
+            raise Crash
+        return written
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash_at_step_8)
+    with pytest.raises(Crash):
+        train(tiny(tmp_path / "split", **overrides))
+    monkeypatch.undo()
+    stopped = load_checkpoint(tmp_path / "split" / "run")
+    assert stopped["step"] == 8
+    train(tiny(tmp_path / "split", **overrides), resume=tmp_path / "split" / "run" / CHECKPOINT_NAME)
+
+    whole, split = parameters(tmp_path / "whole" / "run"), parameters(tmp_path / "split" / "run")
+    assert load_checkpoint(tmp_path / "split" / "run")["step"] == 10
+    assert not torch.equal(split["head.weight"], stopped["model"]["head.weight"])  # it did train on
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_a_checkpoint_of_the_last_finite_state(tmp_path: Path) -> None:
+    config = tiny(tmp_path, optimizer="sgd", lr=1e6, clip_grad_norm=None, lr_schedule="constant", steps=40)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss or gradient at step \d+") as caught:
+        train(config)
+    error = caught.value
+    assert 0 < error.step < 40
+    assert not (np.isfinite(error.loss) and np.isfinite(error.grad_norm))
+    saved = load_checkpoint(error.checkpoint)
+    assert saved["step"] == error.step
+    assert all(torch.isfinite(p).all() for p in saved["model"].values())
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_command_line_exits_nonzero_with_the_message_on_a_non_finite_loss(tmp_path: Path, capsys) -> None:
+    argv = ["--out-dir", str(tmp_path), "--name", "nan", "--wandb", "disabled", "--no-progress"]
+    argv += ["--task-kwargs", "seq_len=12", "n_train=96", "n_val=16", "n_test=32", "--hidden-size", "6"]
+    argv += [
+        "--batch-size",
+        "16",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e6",
+        "--clip-grad-norm",
+        "none",
+        "--steps",
+        "40",
+    ]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code != 0 and "non-finite loss or gradient" in str(caught.value.code)
+    assert (tmp_path / "nan" / CHECKPOINT_NAME).is_file()
+
+
+def test_command_line_prints_the_final_metrics_as_its_last_line(tmp_path: Path, capsys) -> None:
+    argv = [
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "cli",
+        "--wandb",
+        "disabled",
+        "--no-progress",
+        "--steps",
+        "3",
+    ]
+    argv += ["--task-kwargs", "seq_len=12", "n_train=96", "n_val=16", "n_test=32", "--hidden-size", "6"]
+    argv += ["--batch-size", "16", "--eval-every", "0", "--grad-log-every", "0"]
+    main(argv)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = dict(item.split("=") for item in last.split())
+    saved = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert printed.keys() == saved.keys() and "test_mse" in printed
+    assert float(printed["test_mse"]) == pytest.approx(saved["test_mse"], rel=1e-5)
+
+
+def test_new_run_refuses_a_folder_that_holds_a_checkpoint(tmp_path: Path) -> None:
+    config = tiny(tmp_path, steps=2, eval_every=0, grad_log_every=0)
+    train(config)
+    with pytest.raises(FileExistsError, match=r"already holds a checkpoint: continue it with --resume"):
+        train(config)
+
+
+def test_sequence_classification_task_trains_with_per_step_cross_entropy_and_accuracy(tmp_path: Path) -> None:
+    config = tiny(
+        tmp_path,
+        task="copy",
+        task_kwargs={"delay": 3, "n_train": 32, "n_val": 8, "n_test": 8},
+        model="oscillator",
+        steps=3,
+        eval_every=0,
+        grad_log_every=3,
+    )
+    metrics = train(config)
+    assert set(metrics) >= {"test_loss", "test_accuracy", "val_accuracy"}
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
+
+
+@pytest.mark.parametrize("task_name", ["adding", "copy"])
+def test_evaluation_equals_torch_loss_and_metric_over_the_whole_set(task_name: str) -> None:
+    kwargs = {"adding": {"seq_len": 9}, "copy": {"delay": 4}}[task_name]
+    task = build_task(task_name, n_train=1, n_val=0, n_test=11, **kwargs)
+    model = build_model("gru", task.input_size, 5, task.output_size, readout=task.readout).double()
+    x, y = default_collate([task.test[i] for i in range(len(task.test))])
+    with torch.no_grad():
+        output = model(x.double())
+    objective = OBJECTIVES[task.objective]
+    scores = evaluate(model, task.test, objective, 4, torch.device("cpu"), torch.float64)  # batches 4, 4, 3
+    if task.objective == "regression":
+        expected = {
+            "loss": F.mse_loss(output, y.double()).item(),
+            "mse": F.mse_loss(output, y.double()).item(),
+        }
+    else:
+        logits, labels = output.flatten(0, 1), y.flatten()
+        accuracy = (logits.argmax(-1) == labels).double().mean().item()
+        expected = {"loss": F.cross_entropy(logits, labels).item(), "accuracy": accuracy}
+    assert scores == pytest.approx(expected, rel=1e-12)
