@@ -11,6 +11,15 @@ from .cells import (
     RecurrentCell,
 )
 from .hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
+from .hdnn import (
+    HamiltonianDNN,
+    HDNNClassifier,
+    available_hdnns,
+    build_hdnn,
+    distributed_mask,
+    per_node_forward,
+    smoothness_regularizer,
+)
 from .integrators import SCHEMES, Scheme, get_scheme, integrate
 from .models import SequenceModel, available_models, build_model
 from .rnn import AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN, RecurrentLayer
@@ -29,7 +38,9 @@ __all__ = [
     "CoRNNCell",
     "GatedAntisymmetricCell",
     "GatedAntisymmetricRNN",
+    "HDNNClassifier",
     "HamiltonianCell",
+    "HamiltonianDNN",
     "HamiltonianRNN",
     "LogCoshHamiltonian",
     "OscillatorCell",
@@ -40,9 +51,14 @@ __all__ = [
     "Scheme",
     "SequenceModel",
     "__version__",
+    "available_hdnns",
     "available_models",
+    "build_hdnn",
     "build_model",
+    "distributed_mask",
     "get_scheme",
     "heuristic_dt",
     "integrate",
+    "per_node_forward",
+    "smoothness_regularizer",
 ]

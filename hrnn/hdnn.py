@@ -435,7 +435,7 @@ def per_node_forward(model: HamiltonianDNN, y: Tensor) -> Tensor:
         )
     model._check_state(y)
     m = model.n_features // 2
-    mask = torch.ones(model.n_features, model.n_features) if model.mask is None else model.mask
+    mask = torch.ones_like(model.J) if model.mask is None else model.mask
     graphs = {}
     for half, block in (("p", mask[:m, :m]), ("q", mask[m:, m:])):
         graphs[half] = (

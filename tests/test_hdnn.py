@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from experiments import hdnn_mnist
 from hrnn.hamiltonians import hdnn_vector_field
 from hrnn.hdnn import (
     HDNNClassifier,
@@ -16,6 +17,7 @@ from hrnn.hdnn import (
     per_node_forward,
     smoothness_regularizer,
 )
+from tasks.idx import DataError
 
 F64 = torch.float64
 SEPARABLE = ["H2", "MS1", "MS3"]
@@ -36,6 +38,13 @@ def blocks(K: torch.Tensor):
 
 def symplecticity_error(M: torch.Tensor, J: torch.Tensor) -> float:
     return torch.linalg.matrix_norm(M.T @ J @ M - J).item()
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the experiment scripts set their own thread count
 
 
 def test_registry_lists_the_five_networks_and_rejects_unknown_names():
@@ -321,3 +330,32 @@ def test_gradients_reach_every_layer_through_the_classifier():
     assert (per_layer > 0).all()
     # no vanishing: the first layer's gradient is of the same order as the last one's
     assert per_layer[0] > 1e-2 * per_layer[-1]
+
+
+def test_mnist_split_is_disjoint_seeded_and_standardised_on_the_training_images(mnist_dir):
+    train, test = hdnn_mnist.mnist_split(mnist_dir, n_train=800, n_test=200, seed=3)
+    x_train, y_train = train.tensors
+    x_test = test.tensors[0]
+    assert x_train.shape == (800, 1, 28, 28) and x_test.shape == (200, 1, 28, 28)
+    assert y_train.dtype == torch.int64 and set(y_train.tolist()) == set(range(10))
+    assert x_train.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert x_train.std().item() == pytest.approx(1.0, abs=1e-5)
+    flat_train, flat_test = x_train.flatten(1), x_test.flatten(1)
+    assert not (flat_train[:, None, :] == flat_test[None, :, :]).all(-1).any()  # no image in both
+    again = hdnn_mnist.mnist_split(mnist_dir, n_train=800, n_test=200, seed=3)[0].tensors[1]
+    other = hdnn_mnist.mnist_split(mnist_dir, n_train=800, n_test=200, seed=4)[0].tensors[1]
+    assert torch.equal(again, y_train) and not torch.equal(other, y_train)
+    with pytest.raises(ValueError, match=r"n_train \+ n_test = 10001 exceeds the 10000 images in"):
+        hdnn_mnist.mnist_split(mnist_dir, n_train=9001, n_test=1000, seed=0)
+
+
+def test_hdnn_mnist_script_learns_real_digits(mnist_dir, capsys, restore_threads):
+    args = ["--data", str(mnist_dir), "--n-train", "1000", "--n-test", "500", "--epochs", "3"]
+    accuracy = hdnn_mnist.main([*args, "--batch-size", "32"])
+    assert accuracy >= 0.6  # chance is 0.1; the full default run reaches 0.98
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"test accuracy: {accuracy:.4f}"
+
+
+def test_hdnn_mnist_script_names_a_missing_data_folder(tmp_path, restore_threads):
+    with pytest.raises(DataError, match=r"MNIST folder not found: .*nowhere"):
+        hdnn_mnist.main(["--data", str(tmp_path / "nowhere")])
