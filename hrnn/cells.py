@@ -7,8 +7,11 @@ any of them over a sequence:
   sequence ``(T, batch, input_size)`` in one matrix multiply before the time loop;
 * ``step(u_t, *state)``: one step of the recurrence on the projected input ``u_t`` (batch, m);
 * ``output(state)``: the part of the state the layer emits at each step;
-* ``scan(u, *state) -> (outputs, *final_state)``: the whole recurrence, a plain loop over
-  ``step`` that faster implementations may override.
+* ``scan(u, *state) -> (outputs, *final_state)``: the whole recurrence, the plain reference
+  loop over ``step``;
+* ``forward_sequence(x, *state) -> (outputs, *final_state)``: the whole recurrence on raw input,
+  what the layers run: ``scan(project(x))`` here, the fast scans of :mod:`hrnn.fast` (one input
+  projection, a hand-written backward pass, optionally reversible memory) in the Hamiltonian cells.
 
 ``forward(input, hx=None)`` runs a single step on raw input, like :class:`torch.nn.LSTMCell`.
 States are tuples of ``(batch, hidden_size)`` tensors named by ``state_names``.
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import Parameter
 
+from .fast import check_memory, hamiltonian_scan, oscillator_scan
 from .hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
 from .integrators import get_scheme, symplectic_euler_step
 from .step_size import resolve_dt
@@ -34,6 +38,7 @@ from .step_size import resolve_dt
 __all__ = [
     "AntisymmetricCell",
     "CoRNNCell",
+    "FastScanCell",
     "GatedAntisymmetricCell",
     "HamiltonianCell",
     "OscillatorCell",
@@ -170,7 +175,7 @@ class RecurrentCell(nn.Module):
         return state[self.output_index]
 
     def scan(self, u: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        """Run ``step`` over the projected sequence ``u`` (T, batch, gates * hidden_size).
+        """The reference loop: ``step`` over the projected sequence ``u`` (T, batch, gates * hidden_size).
 
         Returns ``(outputs, *final_state)`` with outputs (T, batch, hidden_size).
         """
@@ -179,6 +184,13 @@ class RecurrentCell(nn.Module):
             state = self.step(u_t, *state)
             outputs.append(self.output(state))
         return (torch.stack(outputs), *state)
+
+    def forward_sequence(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """The whole recurrence on raw input ``x`` (T, batch, input_size), state parts (batch, hidden_size).
+
+        Returns ``(outputs, *final_state)`` with outputs (T, batch, hidden_size).
+        """
+        return self.scan(self.project(x), *state)
 
     def forward(self, input: Tensor, hx: Tensor | State | None = None) -> Tensor | State:
         """One step on raw input, like :class:`torch.nn.LSTMCell`.
@@ -208,7 +220,61 @@ class RecurrentCell(nn.Module):
         return f"{self.input_size}, {self.hidden_size}"
 
 
-class HamiltonianCell(RecurrentCell):
+class FastScanCell(RecurrentCell):
+    """Base of the cells whose whole-sequence recurrence runs in a fast scan of :mod:`hrnn.fast`.
+
+    Options (after the sizes, keyword-only):
+
+    * ``memory``: ``"stored"`` keeps every step's activations for the backward pass (fastest,
+      memory O(T)); ``"reversible"`` keeps only the final state and a checkpoint every
+      ``checkpoint_every`` steps and rebuilds the states backwards by the exact inverse step
+      (symplectic schemes only; activation memory nearly independent of T; ``docs/speed.md``).
+    * ``checkpoint_every``: the reversible mode's checkpoint interval; ``None`` means
+      :data:`hrnn.fast.DEFAULT_CHECKPOINT_EVERY`.
+    * ``fast``: ``False`` runs the plain reference loop (:meth:`RecurrentCell.scan`) instead,
+      which keeps every state (``memory="stored"`` only).
+    """
+
+    state_names = ("p", "q")
+    hamiltonian = True
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        symplectic: bool,
+        memory: str = "stored",
+        checkpoint_every: int | None = None,
+        fast: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        check_memory(memory, checkpoint_every, symplectic)
+        if not fast and memory != "stored":
+            raise ValueError(f"memory={memory!r} needs fast=True: the plain loop keeps every state")
+        self.memory = memory
+        self.checkpoint_every = checkpoint_every
+        self.fast = bool(fast)
+
+    def forward_sequence(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.fast:
+            return super().forward_sequence(x, p, q)
+        return self.fast_scan(x, p, q)
+
+    def fast_scan(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward_sequence` by the cell's scan of :mod:`hrnn.fast`, the projection included."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        options = f", memory={self.memory}" if self.memory != "stored" else ""
+        if self.checkpoint_every is not None:
+            options += f", checkpoint_every={self.checkpoint_every}"
+        return super().extra_repr() + options + ("" if self.fast else ", fast=False")
+
+
+class HamiltonianCell(FastScanCell):
     r"""Log-cosh Hamiltonian cell: the H-DNN integrator core run in time (Galimberti et al., 2023).
 
     With the input entering through the potential's bias, :math:`u_t = W_{ih} x_t + b_{ih}`,
@@ -228,10 +294,10 @@ class HamiltonianCell(RecurrentCell):
     Initialisation: :math:`K_p, K_q` orthogonal (all singular values 1, so the linearised
     frequencies lie in [0, 1] and ``dt`` has a scale independent of ``hidden_size``), zero
     :math:`b_p`.
-    """
 
-    state_names = ("p", "q")
-    hamiltonian = True
+    Sequences run in :func:`hrnn.fast.hamiltonian_scan`; options ``memory``, ``checkpoint_every``
+    and ``fast`` as in :class:`FastScanCell` (``memory="reversible"`` needs a symplectic scheme).
+    """
 
     def __init__(
         self,
@@ -241,12 +307,25 @@ class HamiltonianCell(RecurrentCell):
         dt: float | str = 0.1,
         scheme: str = "symplectic_euler",
         seq_len: int | None = None,
+        memory: str = "stored",
+        checkpoint_every: int | None = None,
+        fast: bool = True,
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        method = get_scheme(scheme)
+        super().__init__(
+            input_size,
+            hidden_size,
+            symplectic=method.symplectic,
+            memory=memory,
+            checkpoint_every=checkpoint_every,
+            fast=fast,
+            device=device,
+            dtype=dtype,
+        )
         factory = {"device": device, "dtype": dtype}
-        self.scheme = get_scheme(scheme).name
+        self.scheme = method.name
         self.weight_q = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.weight_p = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.bias_p = Parameter(torch.empty(hidden_size, **factory))
@@ -274,11 +353,27 @@ class HamiltonianCell(RecurrentCell):
         energy = LogCoshHamiltonian(K_p=self.weight_p, K_q=self.weight_q, b_p=self.bias_p, b_q=u_t)
         return get_scheme(self.scheme).step(p, q, energy.grad_v, energy.grad_t, self.dt)
 
+    def fast_scan(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return hamiltonian_scan(
+            x,
+            p,
+            q,
+            self.weight_q,
+            self.weight_p,
+            self.bias_p,
+            self.dt,
+            self.scheme,
+            self.memory,
+            self.checkpoint_every,
+            weight_ih=self.weight_ih,
+            bias_ih=self.bias_ih,
+        )
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dt={self.dt.item():.4g}, scheme={self.scheme}"
 
 
-class OscillatorCell(RecurrentCell):
+class OscillatorCell(FastScanCell):
     r"""Independent oscillators, UnICORNN-type (Rusch & Mishra, 2021), symplectic Euler.
 
     With :math:`u_t = W_{ih} x_t + b_{ih}` and a per-unit step :math:`h = dt\,\sigma(c)`:
@@ -292,10 +387,10 @@ class OscillatorCell(RecurrentCell):
     Parameters: ``weight_ih`` (n, input_size), ``bias_ih`` (n,), ``w`` (n,), ``c`` (n,); buffers
     ``dt``, ``alpha`` (0-dim). Defaults ``dt=0.19, alpha=30.65`` are UnICORNN's psMNIST values.
     Initialisation as UnICORNN: :math:`w \sim U(0, 1)`, :math:`c \sim U(-0.1, 0.1)`.
-    """
 
-    state_names = ("p", "q")
-    hamiltonian = True
+    Sequences run in :func:`hrnn.fast.oscillator_scan`; options ``memory``, ``checkpoint_every``
+    and ``fast`` as in :class:`FastScanCell`.
+    """
 
     def __init__(
         self,
@@ -305,10 +400,22 @@ class OscillatorCell(RecurrentCell):
         dt: float | str = 0.19,
         alpha: float = 30.65,
         seq_len: int | None = None,
+        memory: str = "stored",
+        checkpoint_every: int | None = None,
+        fast: bool = True,
         device=None,
         dtype=None,
     ) -> None:
-        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        super().__init__(
+            input_size,
+            hidden_size,
+            symplectic=True,
+            memory=memory,
+            checkpoint_every=checkpoint_every,
+            fast=fast,
+            device=device,
+            dtype=dtype,
+        )
         factory = {"device": device, "dtype": dtype}
         if not (float(alpha) >= 0 and math.isfinite(alpha)):
             raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
@@ -340,6 +447,20 @@ class OscillatorCell(RecurrentCell):
     def step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
         energy = OscillatorHamiltonian(w=self.w, b=u_t, alpha=self.alpha)
         return symplectic_euler_step(p, q, energy.grad_v, energy.grad_t, self.step_size())
+
+    def fast_scan(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return oscillator_scan(
+            x,
+            p,
+            q,
+            self.w,
+            self.step_size(),
+            self.alpha.item(),
+            self.memory,
+            self.checkpoint_every,
+            weight_ih=self.weight_ih,
+            bias_ih=self.bias_ih,
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dt={self.dt.item():.4g}, alpha={self.alpha.item():.4g}"

@@ -113,7 +113,7 @@ class RecurrentLayer(nn.Module):
             if layer:
                 outputs = F.dropout(outputs, self.dropout, self.training)
             layer_state = cell.initial_state(batch, x) if state is None else tuple(s[layer] for s in state)
-            outputs, *final = cell.scan(cell.project(outputs), *layer_state)
+            outputs, *final = cell.forward_sequence(outputs, *layer_state)
             finals.append(final)
         h_n = tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
         if not batched:

@@ -6,7 +6,7 @@ that gathers the parameter gradients of many steps into a few large matrix multi
 optional reversible mode whose memory does not grow with the sequence length.
 """
 
-from ._common import DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHUNK, MEMORY_MODES
+from ._common import DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHUNK, MEMORY_MODES, check_memory
 from .hamiltonian import PLANS, hamiltonian_scan
 from .oscillator import oscillator_scan
 
@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_CHUNK",
     "MEMORY_MODES",
     "PLANS",
+    "check_memory",
     "hamiltonian_scan",
     "oscillator_scan",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "InputGrad",
     "InputTerm",
     "RunConfig",
+    "check_memory",
     "segment_bounds",
     "validate_scan_inputs",
 ]
@@ -122,7 +123,8 @@ class InputGrad:
             self.grad_data = like.new_empty(shape)
             return
         if needs[0]:
-            self.grad_data = torch.empty_like(term.data)
+            # contiguous whatever the input's layout (a batch-first input arrives transposed)
+            self.grad_data = term.data.new_empty(term.data.shape)
         if needs[1]:
             self.grad_weight = torch.zeros_like(term.weight)
         if needs[2] and term.bias is not None:
@@ -164,6 +166,26 @@ def _check_tensor(name: str, t: Tensor, shape: tuple[int, ...], like: Tensor) ->
         )
 
 
+def check_memory(memory: str, checkpoint_every: int | None, symplectic: bool) -> tuple[bool, int | None]:
+    """Check a memory mode and its checkpoint interval; returns (reversible, interval or None).
+
+    ``checkpoint_every=None`` in reversible mode means :data:`DEFAULT_CHECKPOINT_EVERY`.
+    """
+    try:
+        reversible = MEMORY_MODES[memory]
+    except KeyError:
+        raise ValueError(f"unknown memory mode {memory!r}; known modes: {sorted(MEMORY_MODES)}") from None
+    if reversible and not symplectic:
+        raise ValueError("memory='reversible' needs a symplectic scheme (one with an exact inverse)")
+    if checkpoint_every is None:
+        return reversible, DEFAULT_CHECKPOINT_EVERY if reversible else None
+    if not reversible:
+        raise ValueError("checkpoint_every applies only to memory='reversible'")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    return reversible, checkpoint_every
+
+
 def validate_scan_inputs(
     u: Tensor,
     p0: Tensor,
@@ -202,23 +224,7 @@ def validate_scan_inputs(
         if t is not None:
             _check_tensor(name, t, shape, p0)
     validate_step_size(step, like=p0)
-    try:
-        reversible = MEMORY_MODES[memory]
-    except KeyError:
-        raise ValueError(f"unknown memory mode {memory!r}; known modes: {sorted(MEMORY_MODES)}") from None
-    if reversible and not symplectic:
-        raise ValueError("memory='reversible' needs a symplectic scheme (one with an exact inverse)")
-    if checkpoint_every is not None:
-        if not reversible:
-            raise ValueError("checkpoint_every applies only to memory='reversible'")
-        if (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or checkpoint_every < 1
-        ):
-            raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    reversible, checkpoint_every = check_memory(memory, checkpoint_every, symplectic)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    if reversible and checkpoint_every is None:
-        checkpoint_every = DEFAULT_CHECKPOINT_EVERY
     return RunConfig(reversible=reversible, chunk=chunk, checkpoint_every=checkpoint_every)
