@@ -62,8 +62,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     file = find_checkpoint(path)
     # weights_only=False: the checkpoint holds RNG states (numpy arrays, Python tuples) written by
     # this same code; only load checkpoints you trust, as with any pickle.
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    missing = {"model", "optimizer", "step", "config"} - set(state)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for a damaged file
+        raise ValueError(f"{file} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{file} is not a training checkpoint: it holds a {type(state).__name__}, not a dict"
+        )
+    missing = {"model", "optimizer", "scheduler", "step", "config", "rng"} - set(state)
     if missing:
         raise ValueError(f"{file} is not a training checkpoint: missing {sorted(missing)}")
     return state

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 __all__ = [
+    "DEFAULT_TASK_KWARGS",
     "DTYPES",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -57,19 +58,24 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_schedule, "cosine": cosine_schedule}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 WANDB_MODES = ("offline", "online", "disabled")
+# Task options used when no source sets task_kwargs: the built-in runs use the adding problem at
+# T = 50, not the task's own T = 100 (see TrainConfig). Other tasks keep their own defaults.
+DEFAULT_TASK_KWARGS: dict[str, dict[str, Any]] = {"adding": {"seq_len": 50}}
 
 
 @dataclass
 class TrainConfig:
     """Every hyperparameter of a training run. The defaults are the built-in default run.
 
-    The default trains the Hamiltonian cell on the adding problem (the task's defaults:
-    ``T = 100``, 10,000 training sequences) to well below one tenth of the 1/6 baseline MSE.
+    The default trains the Hamiltonian cell (64 units, the cell's ``dt = 0.1``) on the adding
+    problem with ``T = 50`` (10,000 training sequences) for 3,000 steps, to below one tenth of
+    the 1/6 baseline MSE in under 3 minutes on a 2-core CPU. At ``T = 100`` the same budget
+    stays near the baseline (test MSE 0.13 after 2,000 steps at lr 2e-3; lr 1e-2 diverges).
     """
 
     # task: tasks.build_task(task, seed=seed, **task_kwargs)
     task: str = "adding"
-    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    task_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TASK_KWARGS["adding"]))
     # model: hrnn.models.build_model(model, ..., hidden_size, num_layers=..., **model_kwargs)
     model: str = "hamiltonian"
     hidden_size: int = 64
@@ -77,23 +83,26 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # optimisation; steps count optimizer updates
     optimizer: str = "adam"
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     batch_size: int = 64
-    steps: int = 2000
+    steps: int = 3000
     clip_grad_norm: float | None = 1.0
     # evaluation, logging (W&B scalars every log_every steps, ||dL/dh_t|| every grad_log_every; 0 = never)
-    eval_every: int = 250
+    eval_every: int = 500
     log_every: int = 1
-    grad_log_every: int = 100
-    checkpoint_every: int = 500
+    grad_log_every: int = 250
+    checkpoint_every: int = 1000
     # run folder out_dir/name (name defaults to <task>-<model>-<timestamp>); W&B run name too
     out_dir: str = "runs"
     name: str | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    # torch's intra-op threads (0: torch's default, one per core). Small recurrent models gain
+    # nothing from more than one, and lose several-fold when the cores are shared with other jobs.
+    num_threads: int = 1
     num_workers: int = 0
     wandb: str | None = None  # offline | online | disabled; None: $WANDB_MODE, else offline
     wandb_project: str = "hrnn"
@@ -145,7 +154,15 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     for name in ("hidden_size", "num_layers", "batch_size", "steps"):
         if getattr(config, name) < 1:
             raise ValueError(f"config field {name!r} must be >= 1, got {getattr(config, name)}")
-    for name in ("eval_every", "log_every", "grad_log_every", "checkpoint_every", "num_workers", "seed"):
+    for name in (
+        "eval_every",
+        "log_every",
+        "grad_log_every",
+        "checkpoint_every",
+        "num_threads",
+        "num_workers",
+        "seed",
+    ):
         if getattr(config, name) < 0:
             raise ValueError(
                 f"config field {name!r} must be >= 0 (0 = never/none), got {getattr(config, name)}"
@@ -251,11 +268,15 @@ class CommandLine:
 
 
 def parse_args(argv: list[str] | None = None) -> CommandLine:
-    """Parse ``argv`` (default ``sys.argv[1:]``); only the flags given appear in ``overrides``."""
-    args = vars(_parser().parse_args(argv))
+    """Parse ``argv`` (default ``sys.argv[1:]``); only the flags given appear in ``overrides``.
+
+    A malformed flag exits with argparse's usage message (status 2).
+    """
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
     config, resume = args.pop("config", None), args.pop("resume", None)
     if config is not None and resume is not None:
-        raise ValueError("give either --config or --resume, not both (a resumed run keeps its saved config)")
+        parser.error("give either --config or --resume, not both (a resumed run keeps its saved config)")
     for name in ("task_kwargs", "model_kwargs"):
         if name in args:
             args[name] = dict(args[name])
@@ -269,12 +290,17 @@ def build_config(
 ) -> TrainConfig:
     """A validated config: defaults, then ``base`` (a saved config), then ``config_file``, then ``overrides``.
 
-    Dict fields in ``overrides`` update the dict key by key; other fields replace the value.
+    Dict fields in ``overrides`` update the dict key by key; other fields replace the value. When
+    no source sets ``task_kwargs``, it is ``DEFAULT_TASK_KWARGS`` of the chosen task (so
+    ``--task copy`` does not inherit the default adding problem's ``seq_len``).
     """
     values = _from_mapping(dict(base or {}), "saved config")
     if config_file is not None:
         values.update(load_yaml(config_file))
-    for name, value in _from_mapping(dict(overrides or {}), "overrides").items():
+    overrides = _from_mapping(dict(overrides or {}), "overrides")
+    task = overrides.get("task", values.get("task", TrainConfig.task))
+    values.setdefault("task_kwargs", dict(DEFAULT_TASK_KWARGS.get(task, {})))
+    for name, value in overrides.items():
         if isinstance(value, dict):
             value = {**values.get(name, getattr(TrainConfig(), name)), **value}
         values[name] = value

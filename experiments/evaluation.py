@@ -73,7 +73,9 @@ def evaluate(
     model.eval()
     loss_sum = metric_sum = 0.0
     count = 0
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    # its own generator: a DataLoader otherwise draws its seed from the global RNG, so evaluating
+    # would shift the dropout masks of the training steps that follow
+    for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
         x, y = to_device(batch, device, dtype)
         output = model(x)
         losses, metrics = objective.loss(output, y), objective.metric(output, y)

@@ -23,6 +23,8 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -38,7 +40,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import hrnn
 from hrnn.gradients import hidden_state_gradient_norms
 from hrnn.models import build_model
-from hrnn.wandb_logger import WandbLogger
+from hrnn.wandb_logger import WandbLogger, resolve_mode
 from tasks import Task, build_task
 
 from .checkpoint import (
@@ -61,9 +63,24 @@ from .distributed import (
 )
 from .evaluation import OBJECTIVES, evaluate, to_device
 
-__all__ = ["NonFiniteLossError", "main", "train"]
+__all__ = ["ConfigError", "NonFiniteLossError", "main", "train"]
 
 log = logging.getLogger("experiments.train")
+
+
+class ConfigError(ValueError):
+    """The run cannot be set up as configured: an unknown name, a bad option, a missing or damaged file."""
+
+
+@contextmanager
+def _setting_up(
+    what: str, errors: tuple[type[Exception], ...] = (ValueError, TypeError, OSError)
+) -> Iterator[None]:
+    """Re-raise an error from ``what`` (a step that turns the config into objects) as a :class:`ConfigError`."""
+    try:
+        yield
+    except errors as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,7 +108,12 @@ def seed_everything(seed: int) -> None:
 def _device_type(config: TrainConfig) -> str:
     if config.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(config.device).type
+    kind = torch.device(config.device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {config.device!r} requested, but torch finds no CUDA device (use cpu or auto)"
+        )
+    return kind
 
 
 def _device(config: TrainConfig, procs: Processes) -> torch.device:
@@ -137,48 +159,60 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> dict[str, fl
 
     A resumed run keeps writing to its checkpoint's folder. Returns the final metrics (also
     written to ``metrics.json``); empty on processes other than rank 0. Raises
-    :class:`NonFiniteLossError` when the loss or the gradient norm becomes NaN/Inf.
+    :class:`ConfigError` when the run cannot be set up (unknown task or model name, bad option,
+    missing or damaged checkpoint, run folder already used) and :class:`NonFiniteLossError`
+    when the loss or the gradient norm becomes NaN/Inf.
     """
     started = time.perf_counter()
-    procs = start_processes(_device_type(config))
+    with _setting_up("device"):
+        device_type = _device_type(config)
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    procs = start_processes(device_type)
     try:
         return _train(config, resume, procs, started)
     finally:
         stop_processes(procs)
+        torch.set_num_threads(threads)  # leave the caller's process as it was
 
 
 def _train(
     config: TrainConfig, resume_from: str | Path | None, procs: Processes, started: float
 ) -> dict[str, float]:
     # config and run folder
-    resume = load_checkpoint(resume_from) if resume_from is not None else None
+    with _setting_up("--resume"):
+        resume = load_checkpoint(resume_from) if resume_from is not None else None
     if config.name is None:
         config = dataclasses.replace(
             config, name=f"{config.task}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
     config = dataclasses.replace(config, name=broadcast_object(config.name, procs))
-    run_dir = find_checkpoint(resume_from).parent if resume_from is not None else _new_run_dir(config)
-    if procs.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    with _setting_up("W&B"):  # a bad $WANDB_MODE fails here; W&B failing to start only warns
+        wandb_mode = resolve_mode(config.wandb) if procs.is_main else "disabled"
+    with _setting_up("run folder"):
+        run_dir = find_checkpoint(resume_from).parent if resume_from is not None else _new_run_dir(config)
     device, dtype = _device(config, procs), DTYPES[config.dtype]
     seed_everything(config.seed)
 
     # data
-    task = build_task(config.task, **{"seed": config.seed, **config.task_kwargs})
+    with _setting_up("building the task"):
+        task = build_task(config.task, **{"seed": config.seed, **config.task_kwargs})
     objective = OBJECTIVES[task.objective]
     eval_set = task.val if task.val is not None else task.test
     probe = to_device(
         default_collate([eval_set[i] for i in range(min(config.batch_size, len(eval_set)))]), device, dtype
     )
     start = resume["step"] if resume is not None else 0
-    sampler = StepBatchSampler(
-        len(task.train), config.batch_size, config.seed, start, config.steps, procs.rank, procs.world_size
-    )
+    with _setting_up("batches"):
+        sampler = StepBatchSampler(
+            len(task.train), config.batch_size, config.seed, start, config.steps, procs.rank, procs.world_size
+        )
     loader = step_loader(task.train, sampler, config.seed, config.num_workers)
 
     # model and optimizer
-    model = _build_model(config, task).to(device, dtype)
+    with _setting_up("building the model"):
+        model = _build_model(config, task).to(device, dtype)
     optimizer = OPTIMIZERS[config.optimizer](
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -186,9 +220,11 @@ def _train(
         optimizer, partial(SCHEDULES[config.lr_schedule], total=config.steps)
     )
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        # a checkpoint of another model (e.g. a flag changed hidden_size) fails here with the mismatch
+        with _setting_up("the checkpoint does not fit the configured model", (ValueError, RuntimeError)):
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
         rng = resume["rng"]
         if len(rng) != procs.world_size:
             log.warning("checkpoint holds RNG states of %d processes, not %d", len(rng), procs.world_size)
@@ -199,6 +235,11 @@ def _train(
         trained = model
     num_parameters = sum(p.numel() for p in model.parameters())
 
+    # logging; the run folder is made only now, so a run that cannot be set up leaves nothing behind
+    if procs.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
     logger = WandbLogger(
         project=config.wandb_project,
         name=config.name,
@@ -208,7 +249,7 @@ def _train(
             "world_size": procs.world_size,
             "num_parameters": num_parameters,
         },
-        mode=config.wandb if procs.is_main else "disabled",
+        mode=wandb_mode,
         dir=run_dir,
         run_id=resume.get("wandb_run_id") if resume is not None else None,
     )
@@ -317,13 +358,14 @@ def _train(
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: parse flags, train, print the final metrics as the last line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    saved = load_checkpoint(args.resume)["config"] if args.resume is not None else None
-    config = build_config(args.overrides, base=saved, config_file=args.config)
+    args = parse_args(argv)  # argparse itself exits (status 2) on a malformed flag
     try:
+        with _setting_up("configuration"):
+            saved = load_checkpoint(args.resume)["config"] if args.resume is not None else None
+            config = build_config(args.overrides, base=saved, config_file=args.config)
         with logging_redirect_tqdm():
             metrics = train(config, args.resume)
-    except NonFiniteLossError as exc:
+    except (ConfigError, NonFiniteLossError) as exc:  # the user's to fix: a message, not a traceback
         sys.exit(f"error: {exc}")
     if metrics:
         print(_format_metrics(metrics))

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import wandb
 from torch.utils.data import default_collate
 
 import experiments.train as train_module
+import hrnn
 from experiments.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from experiments.config import TrainConfig, build_config, load_yaml, parse_args
 from experiments.data import StepBatchSampler
 from experiments.evaluation import OBJECTIVES, evaluate
-from experiments.train import NonFiniteLossError, main, train
+from experiments.train import ConfigError, NonFiniteLossError, main, train
 from hrnn.models import available_models, build_model
 from hrnn.wandb_logger import read_offline_run
 from tasks import build_task
 from tasks.registry import available_tasks
 
-CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs"
 
 
 def tiny(tmp_path: Path, **overrides: object) -> TrainConfig:
@@ -48,6 +54,17 @@ def tiny(tmp_path: Path, **overrides: object) -> TrainConfig:
 
 def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir)["model"]
+
+
+def tiny_argv(tmp_path: Path, name: str, *flags: str) -> list[str]:
+    """Command-line flags of :func:`tiny`'s run, then ``flags``."""
+    return [
+        *("--out-dir", str(tmp_path), "--name", name, "--wandb", "disabled", "--no-progress"),
+        *("--task-kwargs", "seq_len=12", "n_train=96", "n_val=16", "n_test=32"),
+        *("--hidden-size", "6", "--batch-size", "16", "--steps", "3", "--eval-every", "0"),
+        *("--grad-log-every", "0"),
+        *flags,
+    ]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -76,6 +93,13 @@ def test_flags_override_the_yaml_file_and_dict_flags_update_key_by_key(tmp_path:
     assert config.task_kwargs == {"seq_len": 40, "n_train": 64}
     assert config.clip_grad_norm is None
     assert config.hidden_size == TrainConfig().hidden_size
+
+
+def test_task_options_default_to_the_chosen_tasks_own_unless_set() -> None:
+    assert build_config().task_kwargs == {"seq_len": 50}  # the built-in default: adding at T = 50
+    assert build_config({"task": "copy"}).task_kwargs == {}
+    assert build_config({"task": "copy", "task_kwargs": {"delay": 5}}).task_kwargs == {"delay": 5}
+    assert build_config({"task_kwargs": {"n_train": 500}}).task_kwargs == {"seq_len": 50, "n_train": 500}
 
 
 def test_unknown_yaml_key_fails_listing_the_known_keys(tmp_path: Path) -> None:
@@ -141,8 +165,11 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # ----------------------------------------------------------------------------- training runs
 
 
-def test_offline_run_logs_loss_per_parameter_gradient_norms_and_hidden_gradient_curve(tmp_path: Path) -> None:
-    config = tiny(tmp_path, wandb="offline", steps=6, grad_log_every=3)
+def test_offline_run_logs_loss_per_parameter_gradient_norms_and_hidden_gradient_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # no flag, no variable: offline
+    config = tiny(tmp_path, wandb=None, steps=6, grad_log_every=3)
     metrics = train(config)
 
     run_dir = tmp_path / "run"
@@ -152,9 +179,9 @@ def test_offline_run_logs_loss_per_parameter_gradient_norms_and_hidden_gradient_
     (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
     run = read_offline_run(wandb_dir)
 
-    assert {f.name for f in dataclasses.fields(TrainConfig)} | {"hrnn_version", "world_size"} <= set(
-        run.config
-    )
+    # the W&B config holds every hyperparameter, with its value, and the package version
+    assert {key: run.config[key] for key in dataclasses.asdict(config)} == dataclasses.asdict(config)
+    assert run.config["hrnn_version"] == hrnn.__version__ and run.config["world_size"] == 1
     rows = {row["_step"]: row for row in run.history}
     assert [s for s, row in sorted(rows.items()) if "train/loss" in row] == list(range(6))
     names = [name for name, _ in build_model("hamiltonian", 2, 6, 1).named_parameters()]
@@ -193,14 +220,25 @@ def test_run_resumed_after_a_crash_ends_with_the_parameters_of_an_uninterrupted_
         train(tiny(tmp_path / "split", **overrides))
     monkeypatch.undo()
     stopped = load_checkpoint(tmp_path / "split" / "run")
-    assert stopped["step"] == 8
-    train(tiny(tmp_path / "split", **overrides), resume=tmp_path / "split" / "run" / CHECKPOINT_NAME)
+    assert stopped["step"] == 8 and stopped["hrnn_version"] == hrnn.__version__
+    assert stopped["config"] == dataclasses.asdict(tiny(tmp_path / "split", **overrides))
+    main(["--resume", str(tmp_path / "split" / "run")])  # the saved config, from the run folder
 
     whole, split = parameters(tmp_path / "whole" / "run"), parameters(tmp_path / "split" / "run")
     assert load_checkpoint(tmp_path / "split" / "run")["step"] == 10
     assert not torch.equal(split["head.weight"], stopped["model"]["head.weight"])  # it did train on
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=0, atol=1e-6)
+
+
+def test_evaluation_and_gradient_probes_leave_the_training_trajectory_unchanged(tmp_path: Path) -> None:
+    # dropout draws from the global RNG: any draw by evaluation would change the later masks
+    overrides = {"num_layers": 2, "model_kwargs": {"dropout": 0.25}, "steps": 6, "checkpoint_every": 0}
+    train(tiny(tmp_path / "quiet", eval_every=0, grad_log_every=0, **overrides))
+    train(tiny(tmp_path / "busy", eval_every=2, grad_log_every=2, **overrides))
+    quiet, busy = parameters(tmp_path / "quiet" / "run"), parameters(tmp_path / "busy" / "run")
+    for name in quiet:
+        torch.testing.assert_close(busy[name], quiet[name], rtol=0, atol=0)
 
 
 def test_non_finite_loss_stops_with_a_checkpoint_of_the_last_finite_state(tmp_path: Path) -> None:
@@ -217,41 +255,15 @@ def test_non_finite_loss_stops_with_a_checkpoint_of_the_last_finite_state(tmp_pa
 
 
 def test_command_line_exits_nonzero_with_the_message_on_a_non_finite_loss(tmp_path: Path, capsys) -> None:
-    argv = ["--out-dir", str(tmp_path), "--name", "nan", "--wandb", "disabled", "--no-progress"]
-    argv += ["--task-kwargs", "seq_len=12", "n_train=96", "n_val=16", "n_test=32", "--hidden-size", "6"]
-    argv += [
-        "--batch-size",
-        "16",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "1e6",
-        "--clip-grad-norm",
-        "none",
-        "--steps",
-        "40",
-    ]
+    argv = tiny_argv(tmp_path, "nan", "--optimizer", "sgd", "--lr", "1e6", "--clip-grad-norm", "none")
     with pytest.raises(SystemExit) as caught:
-        main(argv)
+        main([*argv, "--steps", "40"])
     assert caught.value.code != 0 and "non-finite loss or gradient" in str(caught.value.code)
     assert (tmp_path / "nan" / CHECKPOINT_NAME).is_file()
 
 
 def test_command_line_prints_the_final_metrics_as_its_last_line(tmp_path: Path, capsys) -> None:
-    argv = [
-        "--out-dir",
-        str(tmp_path),
-        "--name",
-        "cli",
-        "--wandb",
-        "disabled",
-        "--no-progress",
-        "--steps",
-        "3",
-    ]
-    argv += ["--task-kwargs", "seq_len=12", "n_train=96", "n_val=16", "n_test=32", "--hidden-size", "6"]
-    argv += ["--batch-size", "16", "--eval-every", "0", "--grad-log-every", "0"]
-    main(argv)
+    main(tiny_argv(tmp_path, "cli"))
     last = capsys.readouterr().out.strip().splitlines()[-1]
     printed = dict(item.split("=") for item in last.split())
     saved = json.loads((tmp_path / "cli" / "metrics.json").read_text())
@@ -262,8 +274,118 @@ def test_command_line_prints_the_final_metrics_as_its_last_line(tmp_path: Path, 
 def test_new_run_refuses_a_folder_that_holds_a_checkpoint(tmp_path: Path) -> None:
     config = tiny(tmp_path, steps=2, eval_every=0, grad_log_every=0)
     train(config)
-    with pytest.raises(FileExistsError, match=r"already holds a checkpoint: continue it with --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a checkpoint: continue it with --resume"):
         train(config)
+
+
+def _damaged_checkpoints(tmp_path: Path) -> dict[str, Path]:
+    """Run folders holding a torn checkpoint file and one saved by something else."""
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / CHECKPOINT_NAME).write_bytes(b"half a checkpoint")
+    torch.save({"step": 3}, tmp_path / "foreign.pt")
+    return {"broken": tmp_path / "broken", "foreign": tmp_path / "foreign.pt"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--task", "addding"], r"building the task: unknown task 'addding'; available tasks: \['adding'"),
+        (["--model", "hamiltonain"], r"building the model: unknown model 'hamiltonain'; known models: \["),
+        (["--model-kwargs", "bogus=3"], r"building the model: .*unexpected keyword argument 'bogus'"),
+        (
+            ["--task-kwargs", "bogus=1"],
+            r"building the task: task 'adding' got unknown option\(s\) \['bogus'\]",
+        ),
+        (["--optimizer", "adagrad"], r"configuration: config field 'optimizer': unknown value 'adagrad'"),
+        (["--batch-size", "500"], r"batches: batch_size 500 exceeds the 96 training samples"),
+        (["--resume", "{tmp}/nowhere"], r"configuration: no checkpoint at .*nowhere \(expected a run folder"),
+        (["--resume", "{broken}"], r"configuration: .*broken/checkpoint\.pt is not a readable checkpoint"),
+        (["--resume", "{foreign}"], r"foreign\.pt is not a training checkpoint: missing \['config', 'model'"),
+        (["--config", "{tmp}/missing.yaml"], r"configuration: config file not found: .*missing\.yaml"),
+    ],
+    ids=lambda v: v[0].lstrip("-") if isinstance(v, list) else None,
+)
+def test_command_line_reports_a_user_error_as_one_message_without_traceback(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    paths = {"tmp": tmp_path, **_damaged_checkpoints(tmp_path)}
+    flags = [flag.format(**paths) for flag in flags]
+    with pytest.raises(SystemExit) as caught:  # any other exception would print a traceback
+        main(tiny_argv(tmp_path, "bad", *flags))
+    assert isinstance(caught.value.code, str) and caught.value.code.startswith("error: ")
+    assert re.search(message, caught.value.code)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_resume_with_a_flag_that_changes_the_model_fails_naming_the_mismatch(tmp_path: Path) -> None:
+    main(tiny_argv(tmp_path, "run"))
+    with pytest.raises(
+        SystemExit, match=r"(?s)error: the checkpoint does not fit the configured model: .*size mismatch"
+    ):
+        main(["--resume", str(tmp_path / "run"), "--hidden-size", "7"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+        (["--config", "a.yaml", "--resume", "run"], "give either --config or --resume, not both"),
+        (["--task-kwargs", "seq_len"], "argument --task-kwargs: expected KEY=VALUE, got 'seq_len'"),
+    ],
+)
+def test_malformed_flags_exit_with_status_2_and_the_usage_message(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parse_args(flags)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_command_line_error_reaches_the_terminal_as_a_single_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *tiny_argv(tmp_path, "bad", "--resume", str(tmp_path))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"error: configuration: no checkpoint at {tmp_path / CHECKPOINT_NAME} " + (
+        "(expected a run folder holding checkpoint.pt or a checkpoint file)\n"
+    )
+
+
+def test_training_continues_with_a_warning_when_wandb_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(**kwargs: object) -> None:
+        raise ConnectionError("wandb-core did not answer")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.warns(RuntimeWarning, match="W&B could not start.*wandb-core did not answer"):
+        metrics = train(tiny(tmp_path, wandb="offline", steps=3))
+    assert metrics["steps"] == 3 and np.isfinite(metrics["test_mse"])
+    assert load_checkpoint(tmp_path / "run")["step"] == 3
+    assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_wandb_mode_variable_decides_when_no_flag_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    train(tiny(tmp_path, wandb=None, steps=2))
+    assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "wandb").exists()
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ConfigError, match=r"W&B: unknown W&B mode 'sometimes' from the WANDB_MODE"):
+        train(tiny(tmp_path, wandb=None, steps=2, name="other"))
+    assert not (tmp_path / "other").exists()
+
+
+def test_training_restores_the_callers_thread_count(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    train(tiny(tmp_path, steps=1, num_threads=1 if before > 1 else 2))
+    assert torch.get_num_threads() == before
 
 
 def test_sequence_classification_task_trains_with_per_step_cross_entropy_and_accuracy(tmp_path: Path) -> None:
