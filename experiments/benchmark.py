@@ -7,8 +7,9 @@ Usage::
     python -m experiments.benchmark --quick --wandb disabled --out /tmp/bench  # smoke run (seconds)
 
 For each task of :data:`BUDGETS` the budget (steps, batch, learning rate and schedule, hidden
-size, clipping) is one for every model; only the Hamiltonian cells get ``dt="auto"`` (chosen
-from the sequence length, :func:`hrnn.step_size.heuristic_dt`) unless the budget sets ``dt``.
+size, clipping) is one for every model; the Hamiltonian cells get ``dt="auto"`` (chosen from
+the sequence length, :func:`hrnn.step_size.heuristic_dt`), and a budget may add layer options
+tuned for one model (:attr:`Budget.model_kwargs`, listed in the results).
 Prints a table (model, parameters, test metric, wall time) and writes to ``--out``:
 ``results.csv`` / ``results.json`` (the budgets and the final metrics), ``curves.csv`` (the
 validation metric every ``eval_every`` steps and the training loss every ``log_every`` steps,
@@ -23,6 +24,8 @@ import csv
 import dataclasses
 import json
 import logging
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +37,12 @@ matplotlib.use("Agg")  # files only: benchmarks run headless
 import matplotlib.pyplot as plt
 
 from hrnn.models import available_models
-from hrnn.wandb_logger import OfflineRun, read_offline_run
+from hrnn.wandb_logger import OfflineRun
 from tasks import ADDING_BASELINE_MSE
 
 from .config import WANDB_MODES, TrainConfig, build_config
-from .gradient_study import AUTO_DT_MODELS, DEFAULT_MODELS, model_kwargs
-from .train import train
+from .gradient_study import DEFAULT_MODELS, model_kwargs, read_finished_run
+from .train import NonFiniteLossError, train
 
 __all__ = [
     "BUDGETS",
@@ -60,9 +63,10 @@ log = logging.getLogger("experiments.benchmark")
 class Budget:
     """The training budget of one benchmark task, the same for every model.
 
-    ``model_kwargs`` are layer options given to the models that take them (the Hamiltonian
-    cells: :data:`experiments.gradient_study.AUTO_DT_MODELS`); ``baseline`` is a reference
-    value of the metric drawn in the plot (e.g. 1/6 for the adding problem).
+    ``model_kwargs`` maps a model name to layer options tuned for it (e.g.
+    ``{"oscillator": {"alpha": 0.0}}``), given on top of ``dt="auto"`` for the Hamiltonian cells
+    (:func:`experiments.gradient_study.model_kwargs`); ``baseline`` is a reference value of the
+    metric drawn in the plot (e.g. 1/6 for the adding problem).
     """
 
     task: str
@@ -76,7 +80,7 @@ class Budget:
     lr_schedule: str = "cosine"
     clip_grad_norm: float | None = 1.0
     log_every: int = 10
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     baseline: float | None = None
 
 
@@ -88,11 +92,13 @@ BUDGETS: dict[str, Budget] = {
         "adding",
         {"seq_len": 1000, **_ADDING},
         "test_mse",
-        steps=600,
+        steps=2000,
         batch_size=32,
         lr=3e-3,
         hidden_size=64,
-        eval_every=50,
+        eval_every=100,
+        # alpha = 0 (no harmonic restoring force) learnt the adding problem best at T = 100
+        model_kwargs={"oscillator": {"alpha": 0.0}},
         baseline=ADDING_BASELINE_MSE,
     ),
     "adding5000": Budget(
@@ -104,6 +110,7 @@ BUDGETS: dict[str, Budget] = {
         lr=3e-3,
         hidden_size=64,
         eval_every=50,
+        model_kwargs={"oscillator": {"alpha": 0.0}},
         baseline=ADDING_BASELINE_MSE,
     ),
     "smnist": Budget(
@@ -158,8 +165,7 @@ def train_config(
             "task_kwargs": budget.task_kwargs,
             "model": model,
             "hidden_size": budget.hidden_size,
-            # only the layers that take a step size get the budget's layer options
-            "model_kwargs": {**model_kwargs(model), **budget.model_kwargs} if model in AUTO_DT_MODELS else {},
+            "model_kwargs": {**model_kwargs(model), **budget.model_kwargs.get(model, {})},
             "lr": budget.lr,
             "lr_schedule": budget.lr_schedule,
             "batch_size": budget.batch_size,
@@ -179,15 +185,20 @@ def train_config(
     )
 
 
-def _offline_run(run_dir: Path) -> OfflineRun | None:
-    """The run's offline W&B record (``None`` when W&B was disabled)."""
+#: The metric :func:`experiments.train.train` logs last in a finished run; a run that diverged
+#: has only its training records, of which ``train/loss`` comes first.
+FINISHED_KEY, DIVERGED_KEY = "final/steps", "train/loss"
+
+
+def _offline_run(run_dir: Path, last_key: str) -> OfflineRun | None:
+    """The run's offline W&B record, once it holds ``last_key`` (``None`` without W&B)."""
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    return read_offline_run(runs[-1]) if runs else None
+    return read_finished_run(runs[-1], last_key) if runs else None
 
 
-def read_curves(run_dir: Path) -> list[dict[str, float]]:
+def read_curves(run_dir: Path, last_key: str = FINISHED_KEY) -> list[dict[str, float]]:
     """``[{step, key, value}]`` of ``val/*`` and ``train/loss`` from the run's offline W&B file (empty without one)."""
-    run = _offline_run(run_dir)
+    run = _offline_run(run_dir, last_key)
     if run is None:
         return []
     return [
@@ -198,9 +209,9 @@ def read_curves(run_dir: Path) -> list[dict[str, float]]:
     ]
 
 
-def read_parameter_count(run_dir: Path) -> int | None:
+def read_parameter_count(run_dir: Path, last_key: str = FINISHED_KEY) -> int | None:
     """The model's parameter count that :func:`experiments.train.train` stores in the W&B config (``None`` without W&B)."""
-    run = _offline_run(run_dir)
+    run = _offline_run(run_dir, last_key)
     return None if run is None else run.config.get("num_parameters")
 
 
@@ -260,18 +271,25 @@ def run_benchmark(
         curves: dict[str, list[dict]] = {}
         for model in models:
             config = train_config(benchmark, budget, model, out, wandb, seed)
-            metrics = train(config)
+            started = time.perf_counter()
+            try:
+                value, status, last_key = train(config)[budget.metric], "ok", FINISHED_KEY
+            except NonFiniteLossError as error:
+                # a diverged model is a result of the benchmark, not a reason to stop it
+                value, status, last_key = math.nan, f"diverged at step {error.step}", DIVERGED_KEY
+            wall_time = time.perf_counter() - started
             run_dir = Path(config.out_dir) / config.name
-            curves[model] = read_curves(run_dir)
+            curves[model] = read_curves(run_dir, last_key)
             curve_rows.extend({"benchmark": benchmark, "model": model, **row} for row in curves[model])
             results.append(
                 {
                     "benchmark": benchmark,
                     "model": model,
-                    "parameters": read_parameter_count(run_dir),
+                    "parameters": read_parameter_count(run_dir, last_key),
                     "metric": budget.metric,
-                    "value": metrics[budget.metric],
-                    "wall_time_s": metrics["wall_time_s"],
+                    "value": value,
+                    "status": status,
+                    "wall_time_s": wall_time,
                     "steps": budget.steps,
                     "batch_size": budget.batch_size,
                     "lr": budget.lr,
@@ -279,7 +297,7 @@ def run_benchmark(
                     "model_kwargs": json.dumps(config.model_kwargs),
                 }
             )
-            log.info("%s %s: %s = %.4g", benchmark, model, budget.metric, metrics[budget.metric])
+            log.info("%s %s: %s = %.4g (%s)", benchmark, model, budget.metric, value, status)
             # rewrite after every run, so a long benchmark leaves results when stopped
             _write_csv(out / "results.csv", results)
             _write_csv(out / "curves.csv", curve_rows)
@@ -296,11 +314,13 @@ def run_benchmark(
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """The result rows as a fixed-width text table."""
-    header = f"{'benchmark':<12} {'model':<20} {'params':>8} {'metric':<14} {'value':>9} {'wall s':>8}"
+    header = (
+        f"{'benchmark':<12} {'model':<20} {'params':>8} {'metric':<14} {'value':>9} {'wall s':>8}  status"
+    )
     lines = [header, "-" * len(header)]
     lines += [
         f"{r['benchmark']:<12} {r['model']:<20} {r['parameters'] or 'n/a':>8} {r['metric']:<14} {r['value']:>9.4g} "
-        f"{r['wall_time_s']:>8.0f}"
+        f"{r['wall_time_s']:>8.0f}  {r['status']}"
         for r in results
     ]
     return "\n".join(lines)

@@ -5,10 +5,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 
 import pytest
 
-from experiments.benchmark import BUDGETS, QUICK_BUDGETS, main, read_curves, run_benchmark, train_config
+import experiments.benchmark as benchmark_module
+from experiments.benchmark import (
+    BUDGETS,
+    QUICK_BUDGETS,
+    format_table,
+    main,
+    read_curves,
+    run_benchmark,
+    train_config,
+)
+from experiments.train import NonFiniteLossError
 from hrnn.models import build_model
 
 
@@ -30,10 +41,16 @@ def test_every_model_gets_the_same_budget_and_only_hamiltonian_cells_a_step_size
     for name in shared:
         assert getattr(configs["oscillator"], name) == getattr(configs["lstm"], name)
     assert configs["oscillator"].task_kwargs["seq_len"] == 1000
-    assert configs["oscillator"].model_kwargs == {"dt": "auto"}
+    assert configs["oscillator"].model_kwargs == {"dt": "auto", **budget.model_kwargs.get("oscillator", {})}
     assert configs["lstm"].model_kwargs == {}
-    tuned = dataclasses.replace(budget, model_kwargs={"dt": 0.05})
+    tuned = dataclasses.replace(
+        budget, model_kwargs={"hamiltonian": {"dt": 0.05}, "oscillator": {"alpha": 0.0}}
+    )
     assert train_config("a", tuned, "hamiltonian", tmp_path, "disabled", 0).model_kwargs == {"dt": 0.05}
+    assert train_config("a", tuned, "oscillator", tmp_path, "disabled", 0).model_kwargs == {
+        "dt": "auto",
+        "alpha": 0.0,
+    }
     assert train_config("a", tuned, "gru", tmp_path, "disabled", 0).model_kwargs == {}
 
 
@@ -76,3 +93,25 @@ def test_quick_adding_benchmark_records_metrics_parameters_and_curves(tmp_path, 
     assert (tmp_path / "curves_adding1000.png").read_bytes()[:4] == b"\x89PNG"
     table = capsys.readouterr().out
     assert "oscillator" in table and "lstm" in table and "params" in table
+
+
+def test_a_diverged_run_is_recorded_and_the_benchmark_goes_on(tmp_path, monkeypatch):
+    real_train = benchmark_module.train
+
+    def diverge_for_hamiltonian(config):
+        if config.model == "hamiltonian":
+            raise NonFiniteLossError(7, math.nan, math.inf, None)
+        return real_train(config)
+
+    monkeypatch.setattr(benchmark_module, "train", diverge_for_hamiltonian)
+    rows = run_benchmark(
+        ["adding1000"], ["hamiltonian", "lstm"], tmp_path, budgets=QUICK_BUDGETS, wandb="disabled"
+    )
+    assert [(r["model"], r["status"]) for r in rows] == [
+        ("hamiltonian", "diverged at step 7"),
+        ("lstm", "ok"),
+    ]
+    assert math.isnan(rows[0]["value"]) and 0.0 <= rows[1]["value"] < 10.0
+    saved = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["status"] for r in saved] == ["diverged at step 7", "ok"]
+    assert "diverged at step 7" in format_table(rows)

@@ -16,6 +16,7 @@ from experiments.gradient_study import (
     min_ratio,
     model_kwargs,
     plot_curves,
+    read_finished_run,
     sensitivity_profile,
 )
 from hrnn.models import SequenceModel, build_model
@@ -187,3 +188,18 @@ def test_quick_study_writes_curves_summary_and_plots(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == 2 * (seq_len + 1)
     assert (tmp_path / f"gradient_T{seq_len}.png").stat().st_size > 1000
     assert "min ratio" in capsys.readouterr().out
+
+
+def test_study_logs_the_same_numbers_to_an_offline_wandb_run(tmp_path):
+    seq_len, steps = 10, 2
+    flags = ["--quick", "--models", "oscillator", "--seq-lens", str(seq_len), "--train-steps", str(steps)]
+    main([*flags, "--wandb", "offline", "--out", str(tmp_path), "--no-progress"])
+    summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
+    (run_dir,) = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    run = read_finished_run(run_dir, "trained/min_ratio")
+    assert (run.config["model"], run.config["seq_len"]) == ("oscillator", seq_len)
+    for row in summary:
+        for key in ("min_ratio", "argmin_t", "grad_norm_T"):
+            assert run.summary[f"{row['phase']}/{key}"] == pytest.approx(row[key], rel=1e-12)
+    logged_steps = [r["_step"] for r in run.history if "hidden_grad/hT" in r]
+    assert logged_steps == [0, steps]
