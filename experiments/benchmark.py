@@ -37,11 +37,11 @@ matplotlib.use("Agg")  # files only: benchmarks run headless
 import matplotlib.pyplot as plt
 
 from hrnn.models import available_models
-from hrnn.wandb_logger import OfflineRun
+from hrnn.wandb_logger import OfflineRun, wait_for_offline_run
 from tasks import ADDING_BASELINE_MSE
 
 from .config import WANDB_MODES, TrainConfig, build_config
-from .gradient_study import DEFAULT_MODELS, model_kwargs, read_finished_run
+from .gradient_study import DEFAULT_MODELS, model_kwargs
 from .train import NonFiniteLossError, train
 
 __all__ = [
@@ -193,7 +193,7 @@ FINISHED_KEY, DIVERGED_KEY = "final/steps", "train/loss"
 def _offline_run(run_dir: Path, last_key: str) -> OfflineRun | None:
     """The run's offline W&B record, once it holds ``last_key`` (``None`` without W&B)."""
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    return read_finished_run(runs[-1], last_key) if runs else None
+    return wait_for_offline_run(runs[-1], last_key) if runs else None
 
 
 def read_curves(run_dir: Path, last_key: str = FINISHED_KEY) -> list[dict[str, float]]:

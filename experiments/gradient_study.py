@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,14 +43,13 @@ matplotlib.use("Agg")  # files only: the study runs headless
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from google.protobuf.message import DecodeError
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from hrnn.gradients import backward_sensitivity, hidden_state_gradient_norms
 from hrnn.models import available_models, build_model
-from hrnn.wandb_logger import OfflineRun, WandbLogger, read_offline_run
+from hrnn.wandb_logger import WandbLogger
 from tasks import build_task
 
 from .checkpoint import load_checkpoint
@@ -70,7 +68,6 @@ __all__ = [
     "min_ratio",
     "model_kwargs",
     "plot_curves",
-    "read_finished_run",
     "run_study",
     "sensitivity_profile",
 ]
@@ -329,29 +326,6 @@ def _log_wandb(config: StudyConfig, name: str, seq_len: int, rows: list[dict], r
             logger.log_hidden_gradients(step, profile.norms)
             scalars = {key: value for key, value in row.items() if isinstance(value, int | float)}
             logger.log_metrics(step, {f"{phase}/{key}": value for key, value in scalars.items()})
-
-
-#: How long :func:`read_finished_run` waits for W&B to finish writing a run file.
-WANDB_FLUSH_TIMEOUT_S = 60.0
-
-
-def read_finished_run(path: Path, key: str, timeout_s: float = WANDB_FLUSH_TIMEOUT_S) -> OfflineRun:
-    """Read the offline W&B run ``path`` (an ``offline-run-*`` folder) once its summary holds ``key``.
-
-    W&B's service writes the run file asynchronously and may still be writing after the run was
-    finished, so the file is read again until the metric logged last (``key``) is in it.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            run = read_offline_run(path)
-        except (ValueError, DecodeError):  # a record cut off mid-write
-            run = None
-        if run is not None and key in run.summary:
-            return run
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path}: W&B did not write {key!r} within {timeout_s:g} s")
-        time.sleep(0.2)
 
 
 def run_study(config: StudyConfig) -> list[dict]:

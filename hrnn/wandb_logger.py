@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 
 from .gradients import global_gradient_norm, parameter_gradient_norms
 
-__all__ = ["MODES", "OfflineRun", "WandbLogger", "read_offline_run", "resolve_mode"]
+__all__ = ["MODES", "OfflineRun", "WandbLogger", "read_offline_run", "resolve_mode", "wait_for_offline_run"]
 
 MODES = ("offline", "online", "disabled")
 
@@ -272,3 +273,24 @@ def read_offline_run(path: str | os.PathLike[str]) -> OfflineRun:
             for item in record.summary.remove:
                 run.summary.pop(item.key or "/".join(item.nested_key), None)
     return run
+
+
+def wait_for_offline_run(path: str | os.PathLike[str], key: str, timeout_s: float = 60.0) -> OfflineRun:
+    """:func:`read_offline_run` once the run's summary holds ``key`` (the metric logged last).
+
+    W&B's service writes the run file asynchronously and may still be writing after ``finish()``
+    returned, so the file is read again until ``key`` is in it; ``TimeoutError`` after ``timeout_s``.
+    """
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            run = read_offline_run(path)
+        except (ValueError, DecodeError):  # not written yet, or a record cut off mid-write
+            run = None
+        if run is not None and key in run.summary:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: W&B did not write {key!r} within {timeout_s:g} s")
+        time.sleep(0.2)

@@ -16,10 +16,10 @@ from experiments.gradient_study import (
     min_ratio,
     model_kwargs,
     plot_curves,
-    read_finished_run,
     sensitivity_profile,
 )
 from hrnn.models import SequenceModel, build_model
+from hrnn.wandb_logger import wait_for_offline_run
 
 
 class LinearRecurrence(nn.Module):
@@ -196,7 +196,7 @@ def test_study_logs_the_same_numbers_to_an_offline_wandb_run(tmp_path):
     main([*flags, "--wandb", "offline", "--out", str(tmp_path), "--no-progress"])
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     (run_dir,) = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    run = read_finished_run(run_dir, "trained/min_ratio")
+    run = wait_for_offline_run(run_dir, "trained/min_ratio")
     assert (run.config["model"], run.config["seq_len"]) == ("oscillator", seq_len)
     for row in summary:
         for key in ("min_ratio", "argmin_t", "grad_norm_T"):

@@ -24,7 +24,7 @@ from experiments.data import StepBatchSampler
 from experiments.evaluation import OBJECTIVES, evaluate
 from experiments.train import ConfigError, NonFiniteLossError, main, train
 from hrnn.models import available_models, build_model
-from hrnn.wandb_logger import read_offline_run
+from hrnn.wandb_logger import wait_for_offline_run
 from tasks import build_task
 from tasks.registry import available_tasks
 
@@ -177,7 +177,7 @@ def test_offline_run_logs_loss_per_parameter_gradient_norms_and_hidden_gradient_
     assert 0 < metrics["test_mse"] == metrics["test_loss"] and metrics["steps"] == 6
     assert build_config(load_yaml(run_dir / "config.yaml")) == config
     (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
-    run = read_offline_run(wandb_dir)
+    run = wait_for_offline_run(wandb_dir, "final/test_mse")
 
     # the W&B config holds every hyperparameter, with its value, and the package version
     assert {key: run.config[key] for key in dataclasses.asdict(config)} == dataclasses.asdict(config)

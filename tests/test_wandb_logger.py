@@ -12,7 +12,7 @@ import wandb
 
 from hrnn.gradients import global_gradient_norm, hidden_state_gradient_norms, parameter_gradient_norms
 from hrnn.models import build_model
-from hrnn.wandb_logger import WandbLogger, read_offline_run, resolve_mode
+from hrnn.wandb_logger import WandbLogger, read_offline_run, resolve_mode, wait_for_offline_run
 
 
 def _loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,9 @@ def test_offline_run_file_holds_logged_scalars_gradient_norms_and_hidden_curve(
         logger.log_metrics(2, {"val/loss": 0.125})
 
     assert run_dir.parent == tmp_path / "wandb" and run_dir.name.startswith("offline-run-")
-    run = read_offline_run(run_dir)
+    run = wait_for_offline_run(run_dir, "val/loss")
+    with pytest.raises(TimeoutError, match="never/logged"):
+        wait_for_offline_run(run_dir, "never/logged", timeout_s=0.3)
     assert run.config["lr"] == 0.5 and run.config["hidden_size"] == 4
     rows = {row["_step"]: row for row in run.history}
     assert sorted(rows) == [0, 1, 2]
