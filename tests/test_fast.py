@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.benchmark_speed import LiveBytes, peak_bytes
+from experiments.benchmark_speed import LiveBytes, peak_bytes, saved_bytes
 from hrnn import HamiltonianRNN, OscillatorRNN, build_model
 from hrnn.fast import DEFAULT_CHECKPOINT_EVERY, PLANS, hamiltonian_scan, oscillator_scan
 from hrnn.fast._common import segment_bounds
@@ -170,22 +170,6 @@ def test_reversible_float32_gradients_stay_within_1e_4_of_stored_ones_at_T_10000
         grads.append(torch.autograd.grad(loss, [x, *layer.parameters()]))
     for g_stored, g_reversible in zip(*grads, strict=True):
         assert (g_reversible - g_stored).norm() <= 1e-4 * g_stored.norm()
-
-
-def saved_bytes(fn, inputs) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass of ``fn()``, beyond its ``inputs``."""
-    given = {t.untyped_storage().data_ptr() for t in inputs}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in given:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("scan", ["hamiltonian", "oscillator"])
