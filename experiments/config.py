@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import yaml
 
+from hrnn.models import READOUTS
+
 __all__ = [
     "DEFAULT_TASK_KWARGS",
     "DTYPES",
@@ -81,6 +83,12 @@ class TrainConfig:
     hidden_size: int = 64
     num_layers: int = 1
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # head: readout None = the task's ("last" or "sequence"); "state" reads the final (p, q) / (h, c).
+    # standardize: fixed (f - mean) / std before the head, measured on the first training samples.
+    # freeze_layer: train the head only (the recurrent layer keeps its initial weights).
+    readout: str | None = None
+    standardize: bool = False
+    freeze_layer: bool = False
     # optimisation; steps count optimizer updates
     optimizer: str = "adam"
     lr: float = 5e-3
@@ -173,6 +181,8 @@ def validate_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"config field 'weight_decay' must be >= 0, got {config.weight_decay}")
     if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
         raise ValueError(f"config field 'clip_grad_norm' must be > 0 or None, got {config.clip_grad_norm}")
+    if config.readout is not None:
+        _check_choice("readout", config.readout, READOUTS)
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("lr_schedule", config.lr_schedule, SCHEDULES)
     _check_choice("dtype", config.dtype, DTYPES)

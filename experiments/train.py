@@ -123,19 +123,44 @@ def _device(config: TrainConfig, procs: Processes) -> torch.device:
     return torch.device(config.device if config.device != "auto" else "cpu")
 
 
+def _readout(config: TrainConfig, task: Task) -> str:
+    """The model's read-out: the task's, or ``"state"`` in place of a task's ``"last"``."""
+    readout = config.readout or task.readout
+    if readout != task.readout and not (readout == "state" and task.readout == "last"):
+        raise ValueError(
+            f"readout {readout!r} does not fit task {task.name!r}, whose targets need readout {task.readout!r}"
+        )
+    return readout
+
+
 def _build_model(config: TrainConfig, task: Task) -> nn.Module:
     kwargs = dict(config.model_kwargs)
     if kwargs.get("dt") == "auto":
         kwargs.setdefault("seq_len", task.seq_len)
-    return build_model(
+    model = build_model(
         config.model,
         task.input_size,
         config.hidden_size,
         task.output_size,
         num_layers=config.num_layers,
-        readout=task.readout,
+        readout=_readout(config, task),
+        standardize=config.standardize,
         **kwargs,
     )
+    if config.freeze_layer:
+        model.rnn.requires_grad_(False)
+    return model
+
+
+#: Training samples on which a ``standardize`` model measures its read-out's mean and scale.
+CALIBRATION_SAMPLES = 1024
+
+
+def _calibrate(model: nn.Module, task: Task, device: torch.device, dtype: torch.dtype) -> None:
+    """Set the read-out standardisation from the first training samples (the same on every process)."""
+    count = min(CALIBRATION_SAMPLES, len(task.train))
+    x, _ = to_device(default_collate([task.train[i] for i in range(count)]), device, dtype)
+    model.calibrate(x)
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -213,8 +238,10 @@ def _train(
     # model and optimizer
     with _setting_up("building the model"):
         model = _build_model(config, task).to(device, dtype)
+        if config.standardize and resume is None:
+            _calibrate(model, task, device, dtype)
     optimizer = OPTIMIZERS[config.optimizer](
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(SCHEDULES[config.lr_schedule], total=config.steps)

@@ -291,9 +291,11 @@ class HamiltonianCell(FastScanCell):
     ``seq_len=T`` picks :func:`hrnn.step_size.heuristic_dt` for the initialised energy (the
     default 0.1 is its value for T of about 400; see ``docs/step_size.md``).
 
-    Initialisation: :math:`K_p, K_q` orthogonal (all singular values 1, so the linearised
-    frequencies lie in [0, 1] and ``dt`` has a scale independent of ``hidden_size``), zero
-    :math:`b_p`.
+    Initialisation: :math:`K_p, K_q` orthogonal times ``gain`` (all singular values ``gain``, so
+    the linearised frequencies lie in [0, gain²] and ``dt`` has a scale independent of
+    ``hidden_size``), zero :math:`b_p`. A small ``gain`` makes the cell nearly a free particle:
+    an input impulse then stays in ``p`` instead of rotating into ``q`` (``docs/RESULTS.md``,
+    memory probe).
 
     Sequences run in :func:`hrnn.fast.hamiltonian_scan`; options ``memory``, ``checkpoint_every``
     and ``fast`` as in :class:`FastScanCell` (``memory="reversible"`` needs a symplectic scheme).
@@ -307,6 +309,7 @@ class HamiltonianCell(FastScanCell):
         dt: float | str = 0.1,
         scheme: str = "symplectic_euler",
         seq_len: int | None = None,
+        gain: float = 1.0,
         memory: str = "stored",
         checkpoint_every: int | None = None,
         fast: bool = True,
@@ -326,6 +329,7 @@ class HamiltonianCell(FastScanCell):
         )
         factory = {"device": device, "dtype": dtype}
         self.scheme = method.name
+        self.gain = _check_positive("gain", gain)
         self.weight_q = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.weight_p = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.bias_p = Parameter(torch.empty(hidden_size, **factory))
@@ -335,8 +339,8 @@ class HamiltonianCell(FastScanCell):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.orthogonal_(self.weight_q)
-        nn.init.orthogonal_(self.weight_p)
+        nn.init.orthogonal_(self.weight_q, gain=self.gain)
+        nn.init.orthogonal_(self.weight_p, gain=self.gain)
         nn.init.zeros_(self.bias_p)
 
     @property

@@ -1,7 +1,7 @@
 r"""Gradient measurements on the models of :func:`hrnn.models.build_model`.
 
 Every function here uses only the public model and layer API -- ``model.rnn(x, hx) -> (output,
-h_n)``, ``model.decode(output)`` and, on hrnn layers, ``output_index`` (which state part is
+h_n)``, ``model.decode(output, h_n)`` and, on hrnn layers, ``output_index`` (which state part is
 emitted) and ``cell_class.hamiltonian`` -- so it works for the hrnn layers and torch's
 LSTM / GRU / RNN alike.
 To reach the state between two steps, the layer is run one step at a time, carrying ``h_n``
@@ -99,8 +99,8 @@ def hidden_state_gradient_norms(
         return tuple(s + z for s, z in zip(state, probe, strict=True))
 
     with torch.enable_grad():
-        output, _ = run_stepwise(model.rnn, x, add_probe)
-        loss = loss_fn(model.decode(output), y)
+        output, final = run_stepwise(model.rnn, x, add_probe)
+        loss = loss_fn(model.decode(output, final), y)
         flat = [z for probe in probes for z in probe]
         # A part the loss does not reach (p_T under a read-out of q_T) has a zero gradient.
         grads = torch.autograd.grad(loss, flat, allow_unused=True, materialize_grads=True)

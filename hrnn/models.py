@@ -1,21 +1,30 @@
-"""Sequence models for every registry name: a recurrent layer and a linear read-out.
+r"""Sequence models for every registry name: a recurrent layer and a linear read-out.
 
 ``build_model(name, input_size, hidden_size, output_size)`` returns a :class:`SequenceModel`
 taking batch-first input (batch, T, input_size) and returning (batch, output_size) from the last
-step's output (``readout="last"``) or (batch, T, output_size) from every step's
-(``readout="sequence"``, for sequence-to-sequence tasks).
+step's output (``readout="last"``), from the last layer's whole final state (``readout="state"``:
+``(p_T, q_T)`` of a Hamiltonian layer, ``(h_T, c_T)`` of an LSTM), or (batch, T, output_size)
+from every step's output (``readout="sequence"``, for sequence-to-sequence tasks).
+
+``standardize=True`` puts a fixed affine map :math:`(f - \mu) / \sigma` between the selected
+features and the head, with :math:`\mu, \sigma` measured on data by
+:meth:`SequenceModel.calibrate` (buffers, saved in the state dict). Adam updates every head
+weight by about the same amount, so features that vary little around large offsets (the final
+state of a slowly rotating Hamiltonian cell after T steps of input drift) otherwise leave the
+head badly conditioned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
-from .cells import check_input
+from .cells import State, check_input, state_parts
 from .rnn import AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
 
-__all__ = ["MODELS", "READOUTS", "SequenceModel", "available_models", "build_model"]
+__all__ = ["MODELS", "READOUTS", "SequenceModel", "Standardize", "available_models", "build_model"]
 
 #: Registry name -> layer class. Every class takes
 #: ``(input_size, hidden_size, num_layers=..., batch_first=..., dropout=..., **options)``.
@@ -31,16 +40,52 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def _last_step(output: Tensor) -> Tensor:
+def _last_step(output: Tensor, state: Tensor | State | None) -> Tensor:
     return output[:, -1]
 
 
-def _every_step(output: Tensor) -> Tensor:
+def _every_step(output: Tensor, state: Tensor | State | None) -> Tensor:
     return output
 
 
-#: Read-out name -> the selection of the layer output (batch, T, hidden) that the head sees.
-READOUTS: dict[str, Callable[[Tensor], Tensor]] = {"last": _last_step, "sequence": _every_step}
+def _final_state(output: Tensor, state: Tensor | State | None) -> Tensor:
+    if state is None:
+        raise ValueError('readout="state" needs the layer\'s final state h_n')
+    return torch.cat([part[-1] for part in state_parts(state)], dim=-1)
+
+
+#: Read-out name -> what the head sees, from the layer's ``(output (batch, T, hidden), h_n)``.
+READOUTS: dict[str, Callable[[Tensor, Tensor | State | None], Tensor]] = {
+    "last": _last_step,
+    "state": _final_state,
+    "sequence": _every_step,
+}
+
+
+class Standardize(nn.Module):
+    r""":math:`(f - \mu) / \sigma` over the last dimension, with buffers ``mean`` and ``scale`` (F,).
+
+    The identity until :meth:`calibrate` sets them from data; a feature constant on the
+    calibration data keeps scale 1.
+    """
+
+    def __init__(self, num_features: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features, device=device, dtype=dtype))
+        self.register_buffer("scale", torch.ones(num_features, device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def calibrate(self, features: Tensor) -> None:
+        """Set ``mean`` and ``scale`` to the per-feature mean and standard deviation of ``features`` (..., F)."""
+        flat = features.reshape(-1, features.shape[-1])
+        if len(flat) < 2 or not flat.isfinite().all():
+            raise ValueError("calibration needs at least 2 finite feature vectors")
+        std = flat.std(0)
+        self.mean.copy_(flat.mean(0))
+        self.scale.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return (features - self.mean) / self.scale
 
 
 def available_models() -> list[str]:
@@ -48,14 +93,27 @@ def available_models() -> list[str]:
     return list(MODELS)
 
 
+def _state_part_count(rnn: nn.Module, like: Tensor) -> int:
+    """How many parts the layer's state has (2 for ``(p, q)`` or ``(h, c)``), from one throw-away step."""
+    training = rnn.training
+    rnn.eval()  # no dropout: the step must not draw from the global RNG
+    with torch.no_grad():
+        _, state = rnn(torch.zeros(1, 1, rnn.input_size, device=like.device, dtype=like.dtype))
+    rnn.train(training)
+    return len(state_parts(state))
+
+
 class SequenceModel(nn.Module):
     """A batch-first recurrent layer ``rnn`` followed by a linear ``head`` on its outputs.
 
-    Shape: x (batch, T, input_size) -> (batch, output_size) for ``readout="last"``,
-    (batch, T, output_size) for ``readout="sequence"``.
+    Shape: x (batch, T, input_size) -> (batch, output_size) for ``readout="last"`` or
+    ``"state"``, (batch, T, output_size) for ``readout="sequence"``. With ``standardize`` the
+    head's input passes through :class:`Standardize` (call :meth:`calibrate` before training).
     """
 
-    def __init__(self, rnn: nn.Module, output_size: int, readout: str = "last") -> None:
+    def __init__(
+        self, rnn: nn.Module, output_size: int, readout: str = "last", standardize: bool = False
+    ) -> None:
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; known readouts: {sorted(READOUTS)}")
@@ -63,24 +121,44 @@ class SequenceModel(nn.Module):
             raise ValueError("SequenceModel needs a batch_first=True recurrent layer")
         self.rnn = rnn
         like = next(rnn.parameters())  # the head follows the layer's dtype and device
-        self.head = nn.Linear(rnn.hidden_size, output_size, device=like.device, dtype=like.dtype)
+        features = rnn.hidden_size * (_state_part_count(rnn, like) if readout == "state" else 1)
+        factory = {"device": like.device, "dtype": like.dtype}
+        self.standardize = Standardize(features, **factory) if standardize else None
+        self.head = nn.Linear(features, output_size, **factory)
         self.readout = readout
 
     def forward(self, x: Tensor) -> Tensor:
         self._validate(x)
-        output, _ = self.rnn(x)
-        return self.decode(output)
+        output, state = self.rnn(x)
+        return self.decode(output, state)
 
-    def decode(self, output: Tensor) -> Tensor:
-        """The head on the layer's output (batch, T, hidden_size), as selected by ``readout``."""
-        return self.head(READOUTS[self.readout](output))
+    def features(self, output: Tensor, state: Tensor | State | None = None) -> Tensor:
+        """What the head sees: the selection ``readout`` makes of ``(output, h_n)``, standardised if asked."""
+        selected = READOUTS[self.readout](output, state)
+        return selected if self.standardize is None else self.standardize(selected)
+
+    def decode(self, output: Tensor, state: Tensor | State | None = None) -> Tensor:
+        """The head on the layer's output (batch, T, hidden_size) and final state ``h_n`` (needed by ``readout="state"``)."""
+        return self.head(self.features(output, state))
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor, chunk: int = 256) -> None:
+        """Measure the standardisation's mean and scale on batch-first inputs ``x`` (N, T, input_size)."""
+        if self.standardize is None:
+            raise ValueError("calibrate() needs a model built with standardize=True")
+        self._validate(x)
+        selected = []
+        for part in x.split(chunk):
+            output, state = self.rnn(part)
+            selected.append(READOUTS[self.readout](output, state))
+        self.standardize.calibrate(torch.cat(selected))
 
     def _validate(self, x: Tensor) -> None:
         expected = {3: "(batch, T, input_size)"}
         check_input(x, self.rnn.input_size, expected, self.head.weight)
 
     def extra_repr(self) -> str:
-        return f"readout={self.readout!r}"
+        return f"readout={self.readout!r}, standardize={self.standardize is not None}"
 
 
 def build_model(
@@ -91,6 +169,7 @@ def build_model(
     *,
     num_layers: int = 1,
     readout: str = "last",
+    standardize: bool = False,
     **cell_kw,
 ) -> SequenceModel:
     """A :class:`SequenceModel` with the layer registered as ``name`` (see :func:`available_models`).
@@ -105,4 +184,4 @@ def build_model(
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {available_models()}") from None
     rnn = layer_class(input_size, hidden_size, num_layers=num_layers, batch_first=True, **cell_kw)
-    return SequenceModel(rnn, output_size, readout)
+    return SequenceModel(rnn, output_size, readout, standardize)

@@ -54,6 +54,16 @@ def test_every_model_gets_the_same_budget_and_only_hamiltonian_cells_a_step_size
     assert train_config("a", tuned, "gru", tmp_path, "disabled", 0).model_kwargs == {}
 
 
+def test_readout_budget_trains_only_a_standardised_head_on_the_final_state_of_every_model(tmp_path):
+    budget = BUDGETS["adding1000_readout"]
+    for model in ("hamiltonian", "lstm"):
+        config = train_config("adding1000_readout", budget, model, tmp_path, "disabled", 0)
+        assert (config.readout, config.standardize, config.freeze_layer) == ("state", True, True)
+        assert (config.lr, config.steps, config.task_kwargs["seq_len"]) == (1e-2, 1000, 1000)
+    hamiltonian = train_config("adding1000_readout", budget, "hamiltonian", tmp_path, "disabled", 0)
+    assert hamiltonian.model_kwargs == {"dt": 0.1, "gain": 0.1}
+
+
 @pytest.mark.parametrize(
     ("benchmarks", "models", "message"),
     [(["adding7"], ["lstm"], "known benchmarks"), (["adding1000"], ["transformer"], "known models")],

@@ -184,6 +184,22 @@ def test_hamiltonian_initialisation_is_orthogonal():
     assert torch.count_nonzero(cell.bias_p) == 0
 
 
+def test_hamiltonian_gain_scales_every_singular_value_and_the_frequency_bound():
+    cell = HamiltonianCell(IN, 16, gain=0.3, dtype=torch.float64)
+    for K in (cell.weight_p, cell.weight_q):
+        torch.testing.assert_close(torch.linalg.svdvals(K), torch.full((16,), 0.3, dtype=torch.float64))
+    assert cell.max_frequency() == pytest.approx(0.09, rel=1e-6)
+    assert HamiltonianCell(IN, N, gain=0.3, dt="auto", seq_len=1000).dt.item() == pytest.approx(
+        heuristic_dt(1000, 0.09), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("gain", [0.0, -1.0, float("nan")])
+def test_hamiltonian_gain_must_be_positive(gain):
+    with pytest.raises(ValueError, match="gain must be finite and > 0"):
+        HamiltonianCell(IN, N, gain=gain)
+
+
 def test_reset_parameters_redraws_weights():
     cell = OscillatorCell(IN, 64)
     before = {k: v.clone() for k, v in cell.named_parameters()}

@@ -168,3 +168,15 @@ def test_parameter_and_global_gradient_norms_match_torch():
     assert norms["head.weight"] == pytest.approx(model.head.weight.grad.norm().item())
     total = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
     assert global_gradient_norm(model) == pytest.approx(total.item(), rel=1e-6)
+
+
+def test_state_readout_gradient_at_T_is_the_head_weight_times_the_loss_gradient():
+    # L = mean((W [p_T, q_T] + b - y)^2), so dL/dh_T = 2 (y_hat - y) W / (batch * out), p included
+    torch.manual_seed(0)
+    model = build_model("hamiltonian", IN, N, 2, readout="state", dtype=torch.float64)
+    x, y = torch.randn(B, T, IN, dtype=torch.float64), torch.randn(B, 2, dtype=torch.float64)
+    norms = hidden_state_gradient_norms(model, x, y, F.mse_loss)
+    with torch.no_grad():
+        expected = 2 * (model(x) - y) @ model.head.weight / (B * 2)
+    assert norms[-1].item() == pytest.approx(expected.norm().item(), rel=1e-12)
+    assert expected[:, :N].norm() > 0  # the momentum p_T is read, unlike readout="last"

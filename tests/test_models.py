@@ -8,6 +8,7 @@ from torch import nn
 
 import hrnn
 from hrnn.models import MODELS, build_model
+from hrnn.rnn import HamiltonianRNN
 
 NAMES = ["hamiltonian", "oscillator", "cornn", "antisymmetric", "gated_antisymmetric", "lstm", "gru", "rnn"]
 IN, HIDDEN, OUT, B, T = 3, 6, 2, 4, 9
@@ -108,7 +109,9 @@ def test_unknown_model_lists_the_known_ones():
 
 
 def test_unknown_readout_fails_clearly():
-    with pytest.raises(ValueError, match=r"unknown readout 'first'; known readouts: \['last', 'sequence'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown readout 'first'; known readouts: \['last', 'sequence', 'state'\]"
+    ):
         build_model("lstm", IN, HIDDEN, OUT, readout="first")
 
 
@@ -131,3 +134,48 @@ BAD_INPUTS = [
 def test_bad_input_fails_clearly_for_every_model(name, x, error, message):
     with pytest.raises(error, match=message):
         build_model(name, IN, HIDDEN, OUT)(x)
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"), [("hamiltonian", 2), ("oscillator", 2), ("lstm", 2), ("gru", 1), ("antisymmetric", 1)]
+)
+def test_state_readout_is_the_head_on_the_last_layers_whole_final_state(name, parts):
+    torch.manual_seed(0)
+    model = build_model(name, IN, HIDDEN, OUT, readout="state", num_layers=2)
+    assert model.head.in_features == parts * HIDDEN
+    x = torch.randn(B, T, IN)
+    _, state = model.rnn(x)
+    state = state if isinstance(state, tuple) else (state,)
+    expected = model.head(torch.cat([s[-1] for s in state], dim=1))
+    torch.testing.assert_close(model(x), expected)
+    with pytest.raises(ValueError, match="needs the layer's final state"):
+        model.decode(model.rnn(x)[0])
+
+
+def test_building_a_state_readout_draws_nothing_from_the_global_rng():
+    # the throw-away step that counts the state's parts runs without dropout
+    torch.manual_seed(0)
+    build_model("hamiltonian", IN, HIDDEN, OUT, readout="state", num_layers=2, dropout=0.5)
+    after_model = torch.rand(1)
+    torch.manual_seed(0)
+    HamiltonianRNN(IN, HIDDEN, num_layers=2, dropout=0.5, batch_first=True)
+    nn.Linear(2 * HIDDEN, OUT)
+    assert torch.equal(torch.rand(1), after_model)
+
+
+def test_standardize_is_the_identity_until_calibrated_then_centres_and_scales():
+    torch.manual_seed(0)
+    model = build_model("lstm", IN, HIDDEN, OUT, readout="state", standardize=True)
+    x = torch.randn(40, T, IN)
+    output, state = model.rnn(x)
+    raw = torch.cat([state[0][-1], state[1][-1]], 1)
+    torch.testing.assert_close(model.features(output, state), raw)
+    model.calibrate(x, chunk=7)
+    standard = model.features(output, state)
+    torch.testing.assert_close(standard.mean(0), torch.zeros(2 * HIDDEN), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standard.std(0), torch.ones(2 * HIDDEN), atol=1e-5, rtol=0)
+    assert {"standardize.mean", "standardize.scale"} <= set(model.state_dict())
+    with pytest.raises(ValueError, match="standardize=True"):
+        build_model("lstm", IN, HIDDEN, OUT).calibrate(x)
+    with pytest.raises(ValueError, match="at least 2 finite"):
+        model.standardize.calibrate(torch.full((3, 2 * HIDDEN), float("nan")))

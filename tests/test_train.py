@@ -119,6 +119,10 @@ def test_unknown_yaml_key_fails_listing_the_known_keys(tmp_path: Path) -> None:
         ({"steps": 0}, r"'steps' must be >= 1"),
         ({"hidden_size": "big"}, r"'hidden_size' must be a int, got str 'big'"),
         ({"wandb": "sometimes"}, r"'wandb': unknown value 'sometimes'"),
+        (
+            {"readout": "first"},
+            r"'readout': unknown value 'first'; expected one of \['last', 'state', 'sequence'\]",
+        ),
     ],
 )
 def test_invalid_config_values_are_rejected_by_name(overrides: dict, message: str) -> None:
@@ -302,6 +306,10 @@ def _damaged_checkpoints(tmp_path: Path) -> dict[str, Path]:
         (["--resume", "{broken}"], r"configuration: .*broken/checkpoint\.pt is not a readable checkpoint"),
         (["--resume", "{foreign}"], r"foreign\.pt is not a training checkpoint: missing \['config', 'model'"),
         (["--config", "{tmp}/missing.yaml"], r"configuration: config file not found: .*missing\.yaml"),
+        (
+            ["--readout", "sequence"],
+            r"building the model: readout 'sequence' does not fit task 'adding', whose targets need readout 'last'",
+        ),
     ],
     ids=lambda v: v[0].lstrip("-") if isinstance(v, list) else None,
 )
@@ -423,3 +431,22 @@ def test_evaluation_equals_torch_loss_and_metric_over_the_whole_set(task_name: s
         accuracy = (logits.argmax(-1) == labels).double().mean().item()
         expected = {"loss": F.cross_entropy(logits, labels).item(), "accuracy": accuracy}
     assert scores == pytest.approx(expected, rel=1e-12)
+
+
+def test_read_out_training_keeps_the_layer_and_calibrates_the_standardisation(tmp_path: Path) -> None:
+    config = tiny(tmp_path, readout="state", standardize=True, freeze_layer=True, steps=6, checkpoint_every=3)
+    task = build_task("adding", seed=0, **config.task_kwargs)
+    torch.manual_seed(0)  # the run seeds before building, so this is its initial draw
+    initial = train_module._build_model(config, task)
+    train(config)
+    trained = parameters(tmp_path / "run")
+    for name, value in initial.rnn.state_dict().items():
+        torch.testing.assert_close(trained[f"rnn.{name}"], value, rtol=0, atol=0)
+    assert not torch.equal(trained["head.weight"], initial.head.weight.detach())
+    assert trained["head.weight"].shape == (1, 2 * 6)  # the head reads (p_T, q_T)
+    # the standardisation is that of the first training samples' final states
+    x = torch.stack([task.train[i][0] for i in range(len(task.train))])
+    _, (p_n, q_n) = initial.rnn(x)
+    features = torch.cat([p_n[-1], q_n[-1]], 1).detach()
+    torch.testing.assert_close(trained["standardize.mean"], features.mean(0))
+    torch.testing.assert_close(trained["standardize.scale"], features.std(0))
