@@ -104,8 +104,21 @@ def hidden_state_gradient_norms(
         flat = [z for probe in probes for z in probe]
         # A part the loss does not reach (p_T under a read-out of q_T) has a zero gradient.
         grads = torch.autograd.grad(loss, flat, allow_unused=True, materialize_grads=True)
-    squares = torch.stack([g.detach().pow(2).sum() for g in grads]).reshape(len(probes), -1)
-    return squares.sum(1).sqrt()
+    parts = len(grads) // len(probes)
+    return torch.stack([_norm(grads[i : i + parts]) for i in range(0, len(grads), parts)])
+
+
+def _norm(tensors: StateParts) -> Tensor:
+    """Frobenius norm over all ``tensors``, scaled by the largest entry first.
+
+    Summing raw squares would give 0 for norms below about 1e-154 in float64 (the squares
+    underflow), although such gradients, e.g. LSTM's 1000 steps back, are still representable.
+    """
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    scale = flat.abs().max()
+    if scale == 0:
+        return scale
+    return scale * (flat / scale).pow(2).sum().sqrt()
 
 
 def initial_gradient_profile(

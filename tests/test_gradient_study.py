@@ -65,6 +65,19 @@ def test_gradient_profile_of_linear_recurrence_is_geometric(a):
     assert profile.argmin_t == (0 if abs(a) < 1 else seq_len)
 
 
+def test_gradient_norms_far_below_the_square_root_of_the_smallest_float_are_measured():
+    # ||dL/dh_0|| = 0.1^200 sqrt(batch) ||w||: its square (1e-400) underflows, the norm does not.
+    batch, n, seq_len, a = 3, 4, 200, 0.1
+    w = torch.arange(1.0, n + 1, dtype=torch.float64).unsqueeze(0)
+    model = linear_model(n, a, w)
+    x = torch.randn(batch, seq_len, n, dtype=torch.float64)
+    profile = gradient_profile(model, x, torch.zeros(batch, 1), lambda out, y: out.sum())
+    t = torch.arange(seq_len + 1, dtype=torch.float64)
+    expected = a ** (seq_len - t) * batch**0.5 * w.norm()
+    assert expected[0] < 1e-199
+    torch.testing.assert_close(profile.norms, expected, rtol=1e-10, atol=0)
+
+
 def test_gradient_profile_with_mse_loss_matches_closed_form():
     # L = mean_b (w . h_T[b] - y_b)^2, h_T[b] = sum_s a^(T - s) x_s[b]:
     # dL/dh_t[b] = a^(T - t) (2 / batch) (w . h_T[b] - y_b) w.
