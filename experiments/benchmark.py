@@ -125,26 +125,19 @@ BUDGETS: dict[str, Budget] = {
         freeze_layer=True,
     ),
     "adding5000": _adding(5000, steps=300, batch_size=16, lr=3e-3, eval_every=50),
-    "smnist": Budget(
-        "smnist",
-        {"n_val": 500},
-        "test_accuracy",
-        steps=1000,
-        batch_size=64,
-        lr=2e-3,
-        hidden_size=128,
-        eval_every=100,
-    ),
-    "psmnist": Budget(
-        "psmnist",
-        {"n_val": 500},
-        "test_accuracy",
-        steps=1000,
-        batch_size=64,
-        lr=2e-3,
-        hidden_size=128,
-        eval_every=100,
-    ),
+    **{
+        task: Budget(
+            task,
+            {"n_val": 500},
+            "test_accuracy",
+            steps=1000,
+            batch_size=64,
+            lr=2e-3,
+            hidden_size=128,
+            eval_every=100,
+        )
+        for task in ("smnist", "psmnist")
+    },
     "fsdd": Budget(
         "fsdd", {}, "test_accuracy", steps=1000, batch_size=32, lr=2e-3, hidden_size=64, eval_every=100
     ),

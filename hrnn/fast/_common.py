@@ -11,6 +11,7 @@ segment from its end by the exact inverse step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -60,6 +61,16 @@ class RunConfig:
     def checkpointed(self, t: int, seq_len: int) -> bool:
         """Whether the reversible forward keeps the state reached after ``t`` steps."""
         return self.checkpoint_every is not None and 0 < t < seq_len and t % self.checkpoint_every == 0
+
+    def anchors(
+        self, seq_len: int, final: tuple[Tensor, Tensor], saved: Sequence[Tensor]
+    ) -> dict[int, tuple[Tensor, Tensor]]:
+        """The states the reversible backward restarts from, keyed by step: ``saved`` holds the
+        forward's checkpoints as ``p, q, p, q, ...`` in step order; ``final`` is ``(p_T, q_T)``."""
+        marks = [t1 for _, t1 in self.segments(seq_len) if self.checkpointed(t1, seq_len)]
+        anchors = {t: (saved[2 * i], saved[2 * i + 1]) for i, t in enumerate(marks)}
+        anchors[seq_len] = final
+        return anchors
 
 
 def segment_bounds(seq_len: int, chunk: int, checkpoint_every: int | None = None) -> list[int]:

@@ -338,9 +338,7 @@ class _HamiltonianScan(torch.autograd.Function):
         ws = _Workspace(n_sub, rows, like, rebuild=cfg.reversible)
         if cfg.reversible:
             p_final, q_final, *saved = rest
-            marks = [t1 for _, t1 in segments if cfg.checkpointed(t1, seq_len)]
-            anchors = {t: (saved[2 * i], saved[2 * i + 1]) for i, t in enumerate(marks)}
-            anchors[seq_len] = (p_final, q_final)
+            anchors = cfg.anchors(seq_len, (p_final, q_final), saved)
         for t0, t1 in reversed(segments):
             m = t1 - t0
             if cfg.reversible:

@@ -167,9 +167,7 @@ class _OscillatorScan(torch.autograd.Function):
         ws = _Workspace(rows, like, rebuild=cfg.reversible)
         if cfg.reversible:
             p_final, q_final, *saved = rest
-            marks = [t1 for _, t1 in segments if cfg.checkpointed(t1, seq_len)]
-            anchors = {t: (saved[2 * i], saved[2 * i + 1]) for i, t in enumerate(marks)}
-            anchors[seq_len] = (p_final, q_final)
+            anchors = cfg.anchors(seq_len, (p_final, q_final), saved)
         else:
             act_all, p_all, q_all = rest
         for t0, t1 in reversed(segments):
