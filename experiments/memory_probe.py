@@ -11,7 +11,8 @@ Each model spec is a registry name, optionally followed by layer options:
 For each spec and T the layer is drawn after ``torch.manual_seed(seed)`` and run, without
 training, over ``n_train + n_test`` adding-problem sequences (``tasks.build_task("adding")``).
 A ridge regression from the last layer's final state ``h_T`` (every part: ``(p, q)``, ``(h, c)``,
-...) to the target is fitted on the training sequences,
+...: the ``readout="state"`` selection of :func:`hrnn.models.build_model`) to the target is
+fitted on the training sequences,
 
 .. math::
     \hat w = \arg\min_w \|\tilde H w - y\|^2 + \lambda \|w\|^2,
@@ -46,15 +47,13 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hrnn.cells import state_parts
-from hrnn.models import MODELS, available_models
+from hrnn.models import MODELS, Standardize, available_models, build_model
 from tasks import build_task
 
 __all__ = [
     "DEFAULT_SPECS",
     "ProbeConfig",
     "ProbeResult",
-    "final_state",
     "fit_ridge",
     "main",
     "parse_spec",
@@ -122,42 +121,29 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
-def final_state(rnn: nn.Module, x: Tensor, chunk: int = 250) -> Tensor:
-    """The last layer's final state, every part concatenated: (batch, parts * hidden_size).
-
-    ``rnn`` is a batch-first layer, ``x`` (batch, T, input_size); run without gradients in
-    chunks of ``chunk`` sequences to bound the memory of the per-step output.
-    """
-    pieces = []
-    with torch.no_grad():
-        for part in x.split(chunk):
-            _, h_n = rnn(part)
-            pieces.append(torch.cat([h[-1] for h in state_parts(h_n)], dim=-1))
-    return torch.cat(pieces)
-
-
 def fit_ridge(features: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
     r"""Ridge regression on standardised features, in float64.
 
     ``features`` (N, F), ``y`` (N, k). Returns ``(mean, scale, weight)`` with the prediction
     :math:`[(H - \text{mean}) / \text{scale}, 1]\, W`, ``weight`` (F + 1, k); features constant on
-    the training set get scale 1 (they carry nothing). The bias is not penalised.
+    the training set get scale 1 (they carry nothing, as in :class:`hrnn.models.Standardize`).
+    The bias is not penalised.
     """
     if not (features.isfinite().all() and y.isfinite().all()):
         raise ValueError("final states or targets contain NaN/inf: the layer diverged over the sequence")
-    features, y = features.double(), y.double()
-    mean, scale = features.mean(0), features.std(0)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    design = torch.cat([(features - mean) / scale, torch.ones(len(features), 1, dtype=torch.float64)], 1)
+    standardize = Standardize(features.shape[1], dtype=torch.float64)
+    standardize.calibrate(features.double())
+    design = _design(features, standardize.mean, standardize.scale)
     penalty = torch.eye(design.shape[1], dtype=torch.float64) * ridge * len(features)
     penalty[-1, -1] = 0.0
-    weight = torch.linalg.solve(design.T @ design + penalty, design.T @ y)
-    return mean, scale, weight
+    weight = torch.linalg.solve(design.T @ design + penalty, design.T @ y.double())
+    return standardize.mean, standardize.scale, weight
 
 
-def _predict(features: Tensor, mean: Tensor, scale: Tensor, weight: Tensor) -> Tensor:
+def _design(features: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
+    """``[(features - mean) / scale, 1]`` in float64: (N, F + 1)."""
     standard = (features.double() - mean) / scale
-    return torch.cat([standard, torch.ones(len(features), 1, dtype=torch.float64)], 1) @ weight
+    return torch.cat([standard, torch.ones(len(features), 1, dtype=torch.float64)], 1)
 
 
 def _stack(dataset) -> tuple[Tensor, Tensor]:
@@ -179,19 +165,21 @@ def probe(spec: str, seq_len: int, config: ProbeConfig) -> ProbeResult:
     task = build_task(
         "adding", seq_len=seq_len, n_train=config.n_train, n_val=0, n_test=config.n_test, seed=config.seed
     )
-    torch.manual_seed(config.seed)
-    rnn = MODELS[name](task.input_size, config.hidden_size, batch_first=True, **kwargs)
+    torch.manual_seed(config.seed)  # the layer is drawn first, so its weights do not depend on the head
+    model = build_model(
+        name, task.input_size, config.hidden_size, task.output_size, readout="state", **kwargs
+    )
     (x_train, y_train), (x_test, y_test) = _stack(task.train), _stack(task.test)
-    fitted = fit_ridge(final_state(rnn, x_train, config.chunk), y_train, config.ridge)
-    prediction = _predict(final_state(rnn, x_test, config.chunk), *fitted)
+    mean, scale, weight = fit_ridge(model.selected_features(x_train, config.chunk), y_train, config.ridge)
+    prediction = _design(model.selected_features(x_test, config.chunk), mean, scale) @ weight
     y_test = y_test.double()
     return ProbeResult(
         spec=spec,
         seq_len=seq_len,
-        parameters=sum(p.numel() for p in rnn.parameters()),
+        parameters=sum(p.numel() for p in model.rnn.parameters()),
         probe_mse=float((prediction - y_test).pow(2).mean()),
         baseline_mse=float((y_train.double().mean() - y_test).pow(2).mean()),
-        phase=_phase(rnn, seq_len),
+        phase=_phase(model.rnn, seq_len),
         options=options,
     )
 

@@ -142,16 +142,22 @@ class SequenceModel(nn.Module):
         return self.head(self.features(output, state))
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor, chunk: int = 256) -> None:
-        """Measure the standardisation's mean and scale on batch-first inputs ``x`` (N, T, input_size)."""
-        if self.standardize is None:
-            raise ValueError("calibrate() needs a model built with standardize=True")
+    def selected_features(self, x: Tensor, chunk: int = 256) -> Tensor:
+        """The ``readout``'s selection for batch-first inputs ``x`` (N, T, input_size), before any
+        standardisation; run without gradients, ``chunk`` sequences at a time to bound the memory
+        of the per-step outputs."""
         self._validate(x)
         selected = []
         for part in x.split(chunk):
             output, state = self.rnn(part)
             selected.append(READOUTS[self.readout](output, state))
-        self.standardize.calibrate(torch.cat(selected))
+        return torch.cat(selected)
+
+    def calibrate(self, x: Tensor, chunk: int = 256) -> None:
+        """Measure the standardisation's mean and scale on batch-first inputs ``x`` (N, T, input_size)."""
+        if self.standardize is None:
+            raise ValueError("calibrate() needs a model built with standardize=True")
+        self.standardize.calibrate(self.selected_features(x, chunk))
 
     def _validate(self, x: Tensor) -> None:
         expected = {3: "(batch, T, input_size)"}

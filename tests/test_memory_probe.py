@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from experiments.memory_probe import ProbeConfig, final_state, fit_ridge, main, parse_spec, probe
-from hrnn.rnn import HamiltonianRNN, OscillatorRNN
+from experiments.memory_probe import ProbeConfig, fit_ridge, main, parse_spec, probe
+from hrnn.models import build_model
 
 
 def test_parse_spec_reads_yaml_scalars():
@@ -51,16 +50,16 @@ def test_ridge_rejects_non_finite_states():
         fit_ridge(torch.tensor([[1.0], [float("inf")]]), torch.ones(2, 1), ridge=1e-3)
 
 
-def test_final_state_concatenates_every_part_of_the_last_layer_in_chunks():
+def test_selected_state_concatenates_every_part_of_the_last_layer_in_chunks():
     torch.manual_seed(0)
     x = torch.randn(10, 7, 3)
-    lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True)
-    _, (h_n, c_n) = lstm(x)
-    torch.testing.assert_close(final_state(lstm, x, chunk=3), torch.cat([h_n[-1], c_n[-1]], 1).detach())
-    hamiltonian = HamiltonianRNN(3, 4, batch_first=True)
-    _, (p_n, q_n) = hamiltonian(x)
+    lstm = build_model("lstm", 3, 4, 1, num_layers=2, readout="state")
+    _, (h_n, c_n) = lstm.rnn(x)
+    torch.testing.assert_close(lstm.selected_features(x, chunk=3), torch.cat([h_n[-1], c_n[-1]], 1).detach())
+    hamiltonian = build_model("hamiltonian", 3, 4, 1, readout="state")
+    _, (p_n, q_n) = hamiltonian.rnn(x)
     torch.testing.assert_close(
-        final_state(hamiltonian, x, chunk=4), torch.cat([p_n[-1], q_n[-1]], 1).detach()
+        hamiltonian.selected_features(x, chunk=4), torch.cat([p_n[-1], q_n[-1]], 1).detach()
     )
 
 
@@ -68,13 +67,13 @@ def test_force_free_oscillator_momentum_is_the_exact_sum_of_input_impulses():
     # w = 0, alpha = 0: p' = p - h tanh(u_t), so p_T = -h sum_t tanh(W x_t + b): the accumulator the
     # probe finds in the untrained Hamiltonian cells.
     torch.manual_seed(1)
-    layer = OscillatorRNN(2, 5, alpha=0.0, dt=0.1, batch_first=True, dtype=torch.float64)
-    cell = layer.cells[0]
+    model = build_model("oscillator", 2, 5, 1, readout="state", alpha=0.0, dt=0.1, dtype=torch.float64)
+    cell = model.rnn.cells[0]
     with torch.no_grad():
         cell.w.zero_()
         cell.bias_ih.normal_()
     x = torch.rand(3, 40, 2, dtype=torch.float64)
-    p_T = final_state(layer, x)[:, :5]
+    p_T = model.selected_features(x)[:, :5]
     with torch.no_grad():
         expected = -cell.step_size() * torch.tanh(x @ cell.weight_ih.T + cell.bias_ih).sum(1)
     torch.testing.assert_close(p_T, expected, atol=1e-12, rtol=0)

@@ -27,6 +27,7 @@ __all__ = [
     "InputGrad",
     "InputTerm",
     "RunConfig",
+    "backward_input",
     "check_memory",
     "segment_bounds",
     "validate_scan_inputs",
@@ -163,6 +164,21 @@ class InputGrad:
     def result(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Gradients of (u or x, weight, bias); None where not asked for."""
         return (self.grad_data if self.needs_data else None), self.grad_weight, self.grad_bias
+
+
+def backward_input(
+    data: Tensor | None,
+    weight_ih: Tensor | None,
+    bias_ih: Tensor | None,
+    shape: tuple[int, int, int],
+    rows: int,
+    like: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple[InputTerm | None, InputGrad]:
+    """A backward pass's input term (``None`` when the forward saved no input) and the collector of
+    its gradient; ``shape`` is (T, B, n) of u, ``needs`` the input-gradient flags of (x, weight, bias)."""
+    term = InputTerm(data, weight_ih, bias_ih) if data is not None else None
+    return term, InputGrad(term if weight_ih is not None else None, shape, rows, like, needs)
 
 
 def _check_tensor(name: str, t: Tensor, shape: tuple[int, ...], like: Tensor) -> None:

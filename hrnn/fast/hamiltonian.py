@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..integrators import get_scheme
-from ._common import DEFAULT_CHUNK, InputGrad, InputTerm, validate_scan_inputs
+from ._common import DEFAULT_CHUNK, InputTerm, backward_input, validate_scan_inputs
 
 __all__ = ["PLANS", "Layout", "Substep", "hamiltonian_scan"]
 
@@ -320,13 +320,8 @@ class _HamiltonianScan(torch.autograd.Function):
         rows = max(b - a for a, b in segments)
         like = weight_q.new_empty(batch, n)
         needs = ctx.needs_input_grad
-        term = InputTerm(data, weight_ih, bias_ih) if data is not None else None
-        input_grad = InputGrad(
-            term if weight_ih is not None else None,
-            (seq_len, batch, n),
-            rows,
-            like,
-            (needs[0], needs[6], needs[7]),
+        term, input_grad = backward_input(
+            data, weight_ih, bias_ih, (seq_len, batch, n), rows, like, (needs[0], needs[6], needs[7])
         )
         grads = {
             name: torch.zeros_like(t) for name, t in zip(_PARAMS, (weight_q, weight_p, bias_p), strict=True)

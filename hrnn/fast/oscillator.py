@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import DEFAULT_CHUNK, InputGrad, InputTerm, RunConfig, validate_scan_inputs
+from ._common import DEFAULT_CHUNK, InputTerm, RunConfig, backward_input, validate_scan_inputs
 
 __all__ = ["oscillator_scan"]
 
@@ -154,13 +154,8 @@ class _OscillatorScan(torch.autograd.Function):
         rows = max(b - a for a, b in segments)
         like = w.new_empty(batch, n)
         needs = ctx.needs_input_grad
-        term = InputTerm(data, weight_ih, bias_ih) if data is not None else None
-        input_grad = InputGrad(
-            term if weight_ih is not None else None,
-            (seq_len, batch, n),
-            rows,
-            like,
-            (needs[0], needs[5], needs[6]),
+        term, input_grad = backward_input(
+            data, weight_ih, bias_ih, (seq_len, batch, n), rows, like, (needs[0], needs[5], needs[6])
         )
         grads = {"w": torch.zeros_like(w), "h": torch.zeros_like(h)}
         carry = tuple(torch.zeros_like(like) if g is None else g for g in (grad_p, grad_q))
