@@ -8,8 +8,10 @@ import torch
 from torch.autograd.functional import jacobian
 
 from experiments import hdnn_mnist
-from hrnn.hamiltonians import hdnn_vector_field
+from hrnn.hamiltonians import hdnn_vector_field, j1, j2
 from hrnn.hdnn import (
+    CONVENTIONS,
+    HDNN_VARIANTS,
     HDNNClassifier,
     available_hdnns,
     build_hdnn,
@@ -20,15 +22,15 @@ from hrnn.hdnn import (
 from tasks.idx import DataError
 
 F64 = torch.float64
-SEPARABLE = ["H2", "MS1", "MS3"]
+# Hamiltonian variants stepped on (p, q) halves; MS1 is split too, but its field tanh(K y + b) has no energy
+SEPARABLE = [n for n, v in HDNN_VARIANTS.items() if v.structure.halves and v.field.uses_j]
+INVERTIBLE = [n for n, v in HDNN_VARIANTS.items() if v.structure.halves]
+FORWARD_EULER = [n for n, v in HDNN_VARIANTS.items() if not v.structure.halves]
 
 
 def random_hdnn(name: str, n: int = 4, depth: int = 10, t_end: float = 1.0, **kwargs):
     """A float64 network with random weights and (unlike the default init) random biases."""
-    model = build_hdnn(name, n, depth, t_end, dtype=F64, **kwargs)
-    with torch.no_grad():
-        model.bias.normal_()
-    return model
+    return build_hdnn(name, n, depth, t_end, dtype=F64, bias_std=1.0, **kwargs)
 
 
 def blocks(K: torch.Tensor):
@@ -47,11 +49,9 @@ def restore_threads():
     torch.set_num_threads(threads)  # the experiment scripts set their own thread count
 
 
-def test_registry_lists_the_five_networks_and_rejects_unknown_names():
-    assert available_hdnns() == ["H1", "H2", "MS1", "MS2", "MS3"]
-    with pytest.raises(
-        ValueError, match=r"unknown H-DNN variant 'H3'; known: \['H1', 'H2', 'MS1', 'MS2', 'MS3'\]"
-    ):
+def test_registry_lists_the_networks_and_rejects_unknown_names():
+    assert available_hdnns() == ["H1", "H1_skew", "H2", "MS1", "MS2", "MS3", "MS3_tied"]
+    with pytest.raises(ValueError, match=r"unknown H-DNN variant 'H3'; known: \['H1', 'H1_skew', 'H2', "):
         build_hdnn("H3", 4, 2)
 
 
@@ -63,10 +63,15 @@ def test_layer_weights_have_each_variants_structure():
     w11, _, _, w22 = blocks(models["H2"].weight)
     k11, k12, k21, k22 = blocks(K["H2"])
     assert torch.equal(k11, w11) and torch.equal(k22, w22) and not k12.any() and not k21.any()
-    k11, k12, k21, k22 = blocks(K["MS1"])
-    assert not k11.any() and not k22.any() and torch.equal(k12, blocks(models["MS1"].weight)[1])
-    assert torch.equal(k21, -k12.mT)
-    torch.testing.assert_close(K["MS2"], -K["MS2"].mT, rtol=0, atol=0)
+    for name in ("MS1", "MS3_tied"):
+        k11, k12, k21, k22 = blocks(K[name])
+        assert not k11.any() and not k22.any() and torch.equal(k12, blocks(models[name].weight)[1])
+        assert torch.equal(k21, -k12.mT)
+    for name in ("MS2", "H1_skew"):
+        W = models[name].weight
+        torch.testing.assert_close(K[name], (W - W.mT) / 2, rtol=0, atol=0)
+        skew = K[name]
+        assert torch.equal(models[name].structure.build(skew), skew)  # a skew weight is its own K
     k11, k12, k21, k22 = blocks(K["MS3"])
     assert not k11.any() and not k22.any() and torch.equal(k12, blocks(models["MS3"].weight)[1])
     assert torch.equal(k21, blocks(models["MS3"].weight)[2])
@@ -87,21 +92,125 @@ def test_separable_energy_gives_the_general_hdnn_field(name):
         torch.testing.assert_close(field, expected, rtol=1e-13, atol=1e-13)
 
 
-def test_h2_forward_equals_the_papers_semi_implicit_update_by_hand():
-    model = random_hdnn("H2", n=4, depth=3, t_end=0.9)
+# The papers' updates written out by hand, row-vector form (x @ K.T is K x). Each takes the raw
+# weight W and bias b of one layer, the halves (p, q) = (y[:m], y[m:]), and whether q moves first.
+
+
+def _tanh_rows(x, K, b):
+    return torch.tanh(x @ K.T + b)
+
+
+def _hand_h1(y, W, b, h, J):
+    return y + h * _tanh_rows(y, W, b) @ W @ J.T  # y + h J K^T tanh(K y + b)
+
+
+def _hand_ms2(y, W, b, h, J):
+    S = (W - W.T) / 2
+    return y + h * _tanh_rows(y, S, b)  # y + h tanh(K y + b), K skew
+
+
+def _alternate(p, q, move_p, move_q, q_first):
+    if q_first:
+        q = move_q(p, q)
+        return move_p(p, q), q
+    p = move_p(p, q)
+    return p, move_q(p, q)
+
+
+def _hand_h2(p, q, W, b, h, q_first):
+    m = p.shape[-1]
+    Kp, Kq, bp, bq = W[:m, :m], W[m:, m:], b[:m], b[m:]
+    # dp/dt = -Kq^T tanh(Kq q + bq), dq/dt = Kp^T tanh(Kp p + bp)
+    return _alternate(
+        p,
+        q,
+        lambda p, q: p - h * _tanh_rows(q, Kq, bq) @ Kq,
+        lambda p, q: q + h * _tanh_rows(p, Kp, bp) @ Kp,
+        q_first,
+    )
+
+
+def _hand_ms1(p, q, W, b, h, q_first):
+    m = p.shape[-1]
+    K0 = W[:m, m:]
+    # y' = y + h tanh(K y + b), K = [[0, K0], [-K0^T, 0]], one half after the other
+    return _alternate(
+        p,
+        q,
+        lambda p, q: p + h * _tanh_rows(q, K0, b[:m]),
+        lambda p, q: q + h * _tanh_rows(p, -K0.T, b[m:]),
+        q_first,
+    )
+
+
+def _hand_ms3(p, q, W, b, h, q_first):
+    m = p.shape[-1]
+    K1, K2 = W[:m, m:], W[m:, :m]
+    # K = [[0, K1], [K2, 0]], J1 = [[0, I], [-I, 0]]: dp/dt = K1^T tanh(K1 q + b1), dq/dt = -K2^T tanh(K2 p + b2)
+    return _alternate(
+        p,
+        q,
+        lambda p, q: p + h * _tanh_rows(q, K1, b[:m]) @ K1,
+        lambda p, q: q - h * _tanh_rows(p, K2, b[m:]) @ K2,
+        q_first,
+    )
+
+
+WHOLE = {"H1": _hand_h1, "MS2": _hand_ms2}
+HALVES = {"H2": _hand_h2, "MS1": _hand_ms1, "MS3": _hand_ms3}
+PAPER_CASES = [("H1", "J1"), ("H1", "J2"), ("H2", None), ("MS1", None), ("MS2", None), ("MS3", None)]
+J_BY_CONVENTION = {("hrnn", "J1"): "J1", ("reference", "J1"): "canonical"}  # the reference code's J1 sign
+
+
+def hand_states(model, y, name, convention, j):
+    """y_0, ..., y_N of the paper's update by hand, in ``convention``'s order and J."""
+    states, m = [y], model.n_features // 2
+    J = {"J1": j1(4, dtype=F64), "J2": j2(4, dtype=F64), "canonical": -j1(4, dtype=F64)}.get(
+        J_BY_CONVENTION.get((convention, j), j)
+    )
+    for W, b in zip(model.weight, model.bias, strict=True):
+        if name in WHOLE:
+            y = WHOLE[name](y, W, b, model.h, J)
+        else:
+            y = torch.cat(HALVES[name](y[:, :m], y[:, m:], W, b, model.h, convention == "reference"), 1)
+        states.append(y)
+    return torch.stack(states)
+
+
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+@pytest.mark.parametrize(("name", "j"), PAPER_CASES)
+def test_every_network_equals_the_papers_update_by_hand(name, j, convention):
+    model = random_hdnn(
+        name, n=4, depth=6, t_end=1.8, convention=convention, **({"j": "J2"} if j == "J2" else {})
+    )
     y = torch.randn(7, 4, dtype=F64)
-    p, q, h = y[:, :2], y[:, 2:], 0.3
-    for k in range(3):
-        K_p, _, _, K_q = blocks(model.weight[k])
-        b_p, b_q = model.bias[k, :2], model.bias[k, 2:]
-        p = p - h * torch.tanh(q @ K_q.T + b_q) @ K_q
-        q = q + h * torch.tanh(p @ K_p.T + b_p) @ K_p
-    torch.testing.assert_close(model(y), torch.cat([p, q], 1), rtol=1e-14, atol=1e-14)
+    expected = hand_states(model, y, name, convention, j)
+    out, states = model(y, return_states=True)
+    assert states.shape == (7, 7, 4)
+    torch.testing.assert_close(states, expected, rtol=0, atol=1e-12)
+    assert torch.equal(out, states[-1]) and torch.equal(model(y), out)
+    assert (states[-1] - y).abs().max() > 0.1  # the layers really move the state
 
 
+def test_the_conventions_differ_only_where_documented():
+    y = torch.randn(5, 4, dtype=F64)
+    for name in ("H2", "MS1", "MS3"):  # same weights, the other half first: a different network
+        a = random_hdnn(name, convention="hrnn")
+        b = random_hdnn(name, convention="reference")
+        b.load_state_dict(a.state_dict())
+        assert (a(y) - b(y)).abs().max() > 1e-3
+    h1 = random_hdnn("H1", convention="reference")
+    assert h1.j_name == "canonical" and torch.equal(h1.J, -j1(4, dtype=F64))
+    for name in ("MS2", "H1_skew"):
+        a, b = random_hdnn(name), random_hdnn(name, convention="reference")
+        b.load_state_dict(a.state_dict())
+        torch.testing.assert_close(a(y), b(y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
 @pytest.mark.parametrize("name", SEPARABLE)
-def test_forward_euler_on_a_separable_network_equals_the_general_field_loop(name):
-    model = random_hdnn(name, n=6, depth=4, t_end=2.0, scheme="euler")
+def test_forward_euler_on_a_separable_network_equals_the_general_field_loop(name, convention):
+    model = random_hdnn(name, n=6, depth=4, t_end=2.0, scheme="euler", convention=convention)
     y0 = torch.randn(3, 6, dtype=F64)
     y = y0
     for K, b in zip(model.layer_weights(), model.bias, strict=True):
@@ -109,18 +218,31 @@ def test_forward_euler_on_a_separable_network_equals_the_general_field_loop(name
     torch.testing.assert_close(model(y0), y, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize(("name", "scheme"), [("H2", None), ("H2", "verlet"), ("MS1", None), ("MS3", None)])
-def test_symplectic_networks_have_symplectic_jacobians(name, scheme):
-    model = random_hdnn(name, n=6, depth=30, t_end=3.0, scheme=scheme)
+SYMPLECTIC = [(name, None) for name in SEPARABLE] + [("H2", "verlet")]
+
+
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+@pytest.mark.parametrize(("name", "scheme"), SYMPLECTIC)
+def test_symplectic_networks_have_symplectic_jacobians(name, scheme, convention):
+    model = random_hdnn(name, n=6, depth=30, t_end=3.0, scheme=scheme, convention=convention)
     M = jacobian(model, torch.randn(6, dtype=F64))
     assert symplecticity_error(M, model.J) < 1e-10
 
 
-@pytest.mark.parametrize("name", ["H1", "MS2"])
+def test_ms1_preserves_volume_but_is_not_symplectic():
+    # each half-update is a shear (det 1); its block h D K0 is not symmetric, so no J is preserved
+    model = random_hdnn("MS1", n=6, depth=30, t_end=3.0)
+    M = jacobian(model, torch.randn(6, dtype=F64))
+    assert torch.linalg.det(M).item() == pytest.approx(1.0, abs=1e-10)
+    assert symplecticity_error(M, j1(6, dtype=F64)) > 1e-3
+    assert symplecticity_error(M, -j1(6, dtype=F64)) > 1e-3
+
+
+@pytest.mark.parametrize("name", FORWARD_EULER)
 def test_forward_euler_networks_are_not_symplectic(name):
     model = random_hdnn(name, n=6, depth=30, t_end=3.0)
     M = jacobian(model, torch.randn(6, dtype=F64))
-    assert symplecticity_error(M, model.J) > 1e-4
+    assert symplecticity_error(M, j1(6, dtype=F64)) > 1e-4
 
 
 def test_h2_sensitivity_at_depth_1000_cannot_vanish_while_h1_grows():
@@ -144,9 +266,10 @@ def test_h2_sensitivity_at_depth_1000_cannot_vanish_while_h1_grows():
     assert symplecticity_error(M1, h1.J) > 1e-4
 
 
-@pytest.mark.parametrize(("name", "scheme"), [("H2", None), ("H2", "verlet"), ("MS1", None), ("MS3", None)])
-def test_inverse_reconstructs_the_input_after_1000_layers(name, scheme):
-    model = random_hdnn(name, n=4, depth=1000, t_end=50.0, scheme=scheme)
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+@pytest.mark.parametrize(("name", "scheme"), [(name, None) for name in INVERTIBLE] + [("H2", "verlet")])
+def test_inverse_reconstructs_the_input_after_1000_layers(name, scheme, convention):
+    model = random_hdnn(name, n=4, depth=1000, t_end=50.0, scheme=scheme, convention=convention)
     y0 = torch.randn(16, 4, dtype=F64)
     with torch.no_grad():
         y = model(y0)
@@ -154,7 +277,7 @@ def test_inverse_reconstructs_the_input_after_1000_layers(name, scheme):
         assert (model.inverse(y) - y0).abs().max().item() < 1e-8
 
 
-@pytest.mark.parametrize("name", ["H1", "MS2"])
+@pytest.mark.parametrize("name", FORWARD_EULER)
 def test_forward_euler_networks_have_no_inverse(name):
     model = random_hdnn(name)
     with pytest.raises(ValueError, match=f"scheme 'euler' of {name} has no exact inverse"):
@@ -190,11 +313,14 @@ def test_distributed_mask_is_blockdiag_of_adjacency_with_self_loops():
     assert torch.equal(distributed_mask(A - torch.eye(4, dtype=F64), dtype=F64), expected)
 
 
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
 @pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
-def test_per_node_evaluation_equals_the_dense_forward(scheme):
+def test_per_node_evaluation_equals_the_dense_forward(scheme, convention):
     n_nodes = 6
     mask = distributed_mask([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (0, 3)], n_nodes, dtype=F64)
-    model = random_hdnn("H2", n=2 * n_nodes, depth=8, t_end=2.0, mask=mask, scheme=scheme)
+    model = random_hdnn(
+        "H2", n=2 * n_nodes, depth=8, t_end=2.0, mask=mask, scheme=scheme, convention=convention
+    )
     K = model.layer_weights()
     assert not K[:, mask == 0].any()  # the mask really sparsifies K
     y = torch.randn(5, 2 * n_nodes, dtype=F64)
@@ -263,6 +389,34 @@ def test_bad_graphs_get_a_clear_error(graph, n_nodes, message):
         ({"name": "H2", "j": "J2", "scheme": "verlet"}, ValueError, "needs K split into \\(p, q\\) halves"),
         ({"name": "H2", "scheme": "rk4"}, ValueError, "unknown integration scheme 'rk4'"),
         (
+            {"name": "H2", "convention": "paper"},
+            ValueError,
+            r"unknown convention 'paper'; known: \['hrnn', 'reference'\]",
+        ),
+        (
+            {"name": "MS1", "j": "J2"},
+            ValueError,
+            r"MS1 has no J \(its field is tanh\(K y \+ b\) \(J K = I\)\)",
+        ),
+        ({"name": "MS2", "scheme": "verlet"}, ValueError, "needs K split into \\(p, q\\) halves"),
+        ({"name": "H2", "bias_std": -1.0}, ValueError, "bias_std must be >= 0, got -1.0"),
+        (
+            {"name": "H2", "memory": "cheap"},
+            ValueError,
+            r"unknown memory mode 'cheap'; known: \['reversible', 'stored'\]",
+        ),
+        (
+            {"name": "H1", "memory": "reversible"},
+            ValueError,
+            r"memory='reversible' recomputes states by the exact inverse step, and scheme 'euler' of H1 has none",
+        ),
+        ({"name": "H2", "anchor_every": 10}, ValueError, "anchor_every applies only to memory='reversible'"),
+        (
+            {"name": "H2", "memory": "reversible", "anchor_every": 0},
+            ValueError,
+            "anchor_every must be a positive int",
+        ),
+        (
             {"name": "H2", "mask": torch.ones(3, 3)},
             ValueError,
             r"mask must have shape \(4, 4\), got \(3, 3\)",
@@ -302,7 +456,7 @@ def test_unbatched_input_gives_the_batched_result():
 
 
 def test_double_converts_parameters_and_buffers():
-    model = build_hdnn("MS1", 4, 3, mask=torch.ones(4, 4))
+    model = build_hdnn("MS3", 4, 3, mask=torch.ones(4, 4))
     assert model.weight.dtype == model.J.dtype == model.X.dtype == model.mask.dtype == torch.float32
     model = model.double()
     assert model.weight.dtype == model.J.dtype == model.X.dtype == model.mask.dtype == F64
@@ -318,6 +472,20 @@ def test_classifier_pads_the_input_and_reads_out_the_final_state():
         classifier(torch.randn(8, 3, dtype=F64))
     with pytest.raises(ValueError, match="in_features=6 does not fit the H-DNN's width n_features=4"):
         HDNNClassifier(6, 3, hdnn)
+
+
+def test_reference_placement_puts_a_2d_point_at_the_first_and_last_feature():
+    hdnn = random_hdnn("H1", n=6, depth=3, convention="reference")
+    classifier = HDNNClassifier(2, 1, hdnn)
+    x = torch.randn(5, 2, dtype=F64)
+    y0 = torch.zeros(5, 6, dtype=F64)
+    y0[:, 0], y0[:, 5] = x[:, 0], x[:, 1]
+    assert classifier.placement == "spread" and torch.equal(classifier.initial_state(x), y0)
+    torch.testing.assert_close(classifier(x), classifier.head(hdnn(y0)), rtol=0, atol=0)
+    padded = HDNNClassifier(2, 1, hdnn, placement="pad_end").initial_state(x)
+    assert torch.equal(padded[:, :2], x) and not padded[:, 2:].any()
+    with pytest.raises(ValueError, match=r"unknown placement 'middle'; known: \['pad_end', 'spread'\]"):
+        HDNNClassifier(2, 1, hdnn, placement="middle")
 
 
 def test_gradients_reach_every_layer_through_the_classifier():
