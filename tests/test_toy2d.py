@@ -11,6 +11,10 @@ from experiments import hdnn_2d
 from tasks.toy2d import (
     CIRCLE_RADII,
     MOONS_CENTRE,
+    REFERENCE_RING_JITTER,
+    REFERENCE_RING_RADII,
+    REFERENCE_SWISS_ROLL_OFFSET,
+    REFERENCE_SWISS_ROLL_TURNS,
     SWISS_ROLL_RADII,
     SWISS_ROLL_TURNS,
     TOY2D,
@@ -52,7 +56,38 @@ def test_double_moons_points_lie_on_their_half_circle():
     assert (lower[:, 1] <= 0.5 + 1e-6).all()
 
 
-@pytest.mark.parametrize("name", ["swiss_roll", "double_circles", "double_moons"])
+def test_reference_swiss_roll_arms_share_their_angles_and_differ_in_radius():
+    n = 400
+    x, y = noiseless("swiss_roll_reference", n)
+    assert torch.bincount(y).tolist() == [200, 200]
+    k = torch.arange(200, dtype=torch.float64)
+    theta = 2 * math.pi * REFERENCE_SWISS_ROLL_TURNS * k / 200
+    for label, r0 in ((0, REFERENCE_SWISS_ROLL_OFFSET), (1, 0.0)):
+        r = r0 + k / 199
+        expected = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], 1)
+        torch.testing.assert_close(x[y == label].double(), expected, rtol=0, atol=1e-5)
+    assert torch.equal(noiseless("swiss_roll_reference", n)[0], x)  # no randomness at all
+
+
+def test_reference_double_circles_are_four_jittered_rings_with_alternating_labels():
+    x, y = noiseless("double_circles_reference", 4000)
+    assert torch.bincount(y).tolist() == [2000, 2000]
+    r = x.norm(dim=1)
+    ring = (r - 0.5).floor().long().clamp(0, 3)  # rings of radius 1..4 jittered by at most 0.3 * sqrt(2)
+    assert torch.equal(y, ring % 2)  # labels 0, 1, 0, 1 from the inside out
+    for i, radius in enumerate(REFERENCE_RING_RADII):
+        points = x[ring == i]
+        assert len(points) == 1000
+        assert (r[ring == i] - radius).abs().max() <= REFERENCE_RING_JITTER * math.sqrt(2) + 1e-6
+    # the jitter is uniform on [-0.3, 0.3] in each coordinate: its variance is 0.3^2 / 3
+    theta = 4 * 3.14 * torch.arange(1000) / 1000
+    ideal = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
+    jitter = x[:1000] - REFERENCE_RING_RADII[0] * ideal
+    assert jitter.abs().max() <= REFERENCE_RING_JITTER + 1e-6
+    assert jitter.var().item() == pytest.approx(REFERENCE_RING_JITTER**2 / 3, rel=0.1)
+
+
+@pytest.mark.parametrize("name", available_toy2d())
 def test_noise_has_the_requested_spread(name):
     make, _ = TOY2D[name]
     clean = make(20000, 0.0, torch.Generator().manual_seed(3))[0]
@@ -61,7 +96,7 @@ def test_noise_has_the_requested_spread(name):
     assert (noisy - clean).std().item() == pytest.approx(0.1, rel=0.03)
 
 
-@pytest.mark.parametrize("name", ["swiss_roll", "double_circles", "double_moons"])
+@pytest.mark.parametrize("name", available_toy2d())
 def test_load_gives_balanced_disjoint_seeded_splits(name):
     train, test = load_toy2d(name, n_train=300, n_test=101, seed=5)
     x_train, y_train = train.tensors
@@ -82,7 +117,7 @@ def test_load_gives_balanced_disjoint_seeded_splits(name):
     [
         (
             {"name": "spirals"},
-            r"unknown 2-D data set 'spirals'; known: \['double_circles', 'double_moons', 'swiss_roll'\]",
+            r"unknown 2-D data set 'spirals'; known: \['double_circles', 'double_circles_reference', ",
         ),
         ({"n_train": 1}, r"n_train must be an int >= 2 \(one point per class\), got 1"),
         ({"n_test": 10.5}, "n_test must be an int >= 2"),
@@ -95,8 +130,14 @@ def test_bad_options_get_a_clear_error(kwargs, message):
         load_toy2d(**kwargs)
 
 
-def test_registry_lists_the_three_sets():
-    assert available_toy2d() == ["double_circles", "double_moons", "swiss_roll"]
+def test_registry_lists_hrnns_sets_and_the_references():
+    assert available_toy2d() == [
+        "double_circles",
+        "double_circles_reference",
+        "double_moons",
+        "swiss_roll",
+        "swiss_roll_reference",
+    ]
 
 
 @pytest.fixture
