@@ -4,6 +4,10 @@ Precedence, lowest first: the dataclass defaults (the built-in default run), a Y
 (``--config``) or a resumed run's saved config (``--resume``), then command-line flags. Flags are
 generated from the dataclass fields (``hidden_size`` -> ``--hidden-size``), so a new field needs
 no parser code. Dict fields take ``KEY=VALUE`` pairs and update the dict key by key.
+
+Every check of a field's value lives here (:func:`validate_config`); the names a string field
+accepts come from ``CHOICES``, which ``--help`` lists too. ``python -m experiments.config``
+prints the default run as YAML (``experiments/configs/adding_hamiltonian.yaml`` is that output).
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +26,11 @@ from typing import Any
 import torch
 import yaml
 
-from hrnn.models import READOUTS
+from hrnn.models import READOUTS, available_models
+from tasks.registry import available_tasks
 
 __all__ = [
+    "CHOICES",
     "DEFAULT_TASK_KWARGS",
     "DTYPES",
     "OPTIMIZERS",
@@ -32,6 +39,8 @@ __all__ = [
     "CommandLine",
     "TrainConfig",
     "build_config",
+    "check_run_name",
+    "config_yaml",
     "constant_schedule",
     "cosine_schedule",
     "load_yaml",
@@ -60,6 +69,18 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_schedule, "cosine": cosine_schedule}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 WANDB_MODES = ("offline", "online", "disabled")
+# The names each string field accepts (a task or model registry, or one of the tables above).
+CHOICES: dict[str, Callable[[], list[str]]] = {
+    "task": available_tasks,
+    "model": available_models,
+    "readout": lambda: list(READOUTS),
+    "optimizer": lambda: list(OPTIMIZERS),
+    "lr_schedule": lambda: list(SCHEDULES),
+    "dtype": lambda: list(DTYPES),
+    "wandb": lambda: list(WANDB_MODES),
+}
+#: numpy's global generator takes seeds in [0, 2**32).
+MAX_SEED = 2**32 - 1
 # Task options used when no source sets task_kwargs: the built-in runs use the adding problem at
 # T = 50, not the task's own T = 100 (see TrainConfig). Other tasks keep their own defaults.
 DEFAULT_TASK_KWARGS: dict[str, dict[str, Any]] = {"adding": {"seq_len": 50}}
@@ -150,46 +171,81 @@ def _coerce(name: str, value: Any) -> Any:
     return dict(value) if kind is dict else value
 
 
-def _check_choice(name: str, value: str | None, choices: Collection[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"config field {name!r}: unknown value {value!r}; expected one of {list(choices)}")
+# Lower bounds of the numeric fields; 0 means never/none for the intervals and counts.
+_AT_LEAST: dict[str, int] = {
+    **dict.fromkeys(("hidden_size", "num_layers", "batch_size", "steps"), 1),
+    **dict.fromkeys(("eval_every", "log_every", "grad_log_every", "checkpoint_every"), 0),
+    **dict.fromkeys(("num_threads", "num_workers", "seed"), 0),
+}
 
 
-def validate_config(config: TrainConfig) -> TrainConfig:
-    """Check every field's type and range; return ``config`` with numbers coerced to their types."""
-    for name in _FIELDS:
-        setattr(config, name, _coerce(name, getattr(config, name)))
-    for name in ("hidden_size", "num_layers", "batch_size", "steps"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"config field {name!r} must be >= 1, got {getattr(config, name)}")
-    for name in (
-        "eval_every",
-        "log_every",
-        "grad_log_every",
-        "checkpoint_every",
-        "num_threads",
-        "num_workers",
-        "seed",
-    ):
-        if getattr(config, name) < 0:
+def _check_bounds(config: TrainConfig) -> None:
+    for name, minimum in _AT_LEAST.items():
+        if getattr(config, name) < minimum:
+            never = " (0 = never/none)" if minimum == 0 else ""
             raise ValueError(
-                f"config field {name!r} must be >= 0 (0 = never/none), got {getattr(config, name)}"
+                f"config field {name!r} must be >= {minimum}{never}, got {getattr(config, name)}"
             )
+    if config.seed > MAX_SEED:
+        raise ValueError(f"config field 'seed' must be <= 2**32 - 1 = {MAX_SEED}, got {config.seed}")
+
+
+def _check_floats(config: TrainConfig) -> None:
+    """``lr`` > 0, ``weight_decay`` >= 0, ``clip_grad_norm`` > 0 or None, all finite."""
+    for name in ("lr", "weight_decay", "clip_grad_norm"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"config field {name!r} must be a finite number, got {value}")
     if not config.lr > 0:
         raise ValueError(f"config field 'lr' must be > 0, got {config.lr}")
     if config.weight_decay < 0:
         raise ValueError(f"config field 'weight_decay' must be >= 0, got {config.weight_decay}")
     if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
         raise ValueError(f"config field 'clip_grad_norm' must be > 0 or None, got {config.clip_grad_norm}")
-    if config.readout is not None:
-        _check_choice("readout", config.readout, READOUTS)
-    _check_choice("optimizer", config.optimizer, OPTIMIZERS)
-    _check_choice("lr_schedule", config.lr_schedule, SCHEDULES)
-    _check_choice("dtype", config.dtype, DTYPES)
-    if config.wandb is not None:
-        _check_choice("wandb", config.wandb, WANDB_MODES)
-    if config.device != "auto" and not config.device.startswith(("cpu", "cuda")):
-        raise ValueError(f"config field 'device' must be 'auto', 'cpu' or 'cuda[:i]', got {config.device!r}")
+
+
+def _check_choices(config: TrainConfig) -> None:
+    for name, choices in CHOICES.items():
+        value = getattr(config, name)
+        if value is not None and value not in choices():
+            raise ValueError(f"config field {name!r}: unknown value {value!r}; expected one of {choices()}")
+
+
+def _check_device(device: str) -> None:
+    problem = ValueError(
+        f"config field 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}"
+    )
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:  # torch's message for "cuda:abc" is a parser error, not a sentence
+        raise problem from None
+    if kind not in ("cpu", "cuda"):
+        raise problem
+
+
+def check_run_name(name: str | None) -> None:
+    """``name`` must be one folder name inside ``out_dir``: not empty, no path separator, not ``.``/``..``."""
+    if name is None:
+        return
+    separators = {"/", os.sep, *([os.altsep] if os.altsep else [])}
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in separators):
+        raise ValueError(
+            f"config field 'name' must be one folder name inside out_dir (not empty, no '/', not '.' or '..'), "
+            f"got {name!r}"
+        )
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Check every field's type and range; return ``config`` with numbers coerced to their types."""
+    for name in _FIELDS:
+        setattr(config, name, _coerce(name, getattr(config, name)))
+    _check_bounds(config)
+    _check_floats(config)
+    _check_choices(config)
+    _check_device(config.device)
+    check_run_name(config.name)
     return config
 
 
@@ -205,7 +261,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:  # its message spans lines; the CLI prints one
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config keys to values, got {type(values).__name__}")
     return _from_mapping(values, str(path))
@@ -249,6 +308,7 @@ def _parser() -> argparse.ArgumentParser:
         kind, optional = _base_type(_TYPES[name])
         flag = "--" + name.replace("_", "-")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        choices = f"one of {', '.join(CHOICES[name]())}; " if name in CHOICES else ""
         if kind is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, help=f"default: {default}"
@@ -263,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
                 flag,
                 dest=name,
                 type=parse,
-                help=f"default: {default}" + (" ('none' for None)" if optional else ""),
+                help=f"{choices}default: {default}" + (" ('none' for None)" if optional else ""),
             )
     return parser
 
@@ -315,3 +375,12 @@ def build_config(
             value = {**values.get(name, getattr(TrainConfig(), name)), **value}
         values[name] = value
     return validate_config(TrainConfig(**values))
+
+
+def config_yaml(config: TrainConfig) -> str:
+    """``config`` as the YAML text ``--config`` reads back (every field, in declaration order)."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+
+
+if __name__ == "__main__":
+    print(config_yaml(TrainConfig()), end="")

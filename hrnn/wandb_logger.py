@@ -5,7 +5,10 @@ uploaded later with ``wandb sync <dir>/wandb/offline-run-*``. The mode is, in or
 precedence: the ``mode`` argument, the ``WANDB_MODE`` environment variable, ``"offline"``.
 
 This is the only module of the package that imports ``wandb``; ``import hrnn`` does not load it.
-If W&B cannot start, the logger warns and becomes a no-op, so training never depends on it.
+W&B never stops training: an online run that cannot reach the server within ``init_timeout_s``
+falls back to offline, a run that cannot start at all leaves the logger a no-op, and a logging
+call that fails (an unwritable ``WANDB_DATA_DIR`` or ``HOME``, a full disk) warns once and
+stops that kind of logging.
 
 Keys written to the run's history:
 
@@ -16,27 +19,28 @@ Keys written to the run's history:
   is stored as ``hidden_grad/curve_table``), and ``hidden_grad/h0``, ``hidden_grad/hT``,
   ``hidden_grad/ratio`` (also set in the run summary);
 - :meth:`WandbLogger.log_metrics`: any scalars, e.g. ``val/loss``.
+
+Offline run files are read back by :mod:`hrnn.run_files` (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-import time
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from .gradients import global_gradient_norm, parameter_gradient_norms
+from .run_files import OfflineRun, read_offline_run, wait_for_offline_run
 
 __all__ = ["MODES", "OfflineRun", "WandbLogger", "read_offline_run", "resolve_mode", "wait_for_offline_run"]
 
 MODES = ("offline", "online", "disabled")
+# The modes tried in turn when W&B cannot start in the one asked for.
+_FALLBACKS: dict[str, tuple[str, ...]] = {"online": ("online", "offline"), "offline": ("offline",)}
 
 
 def resolve_mode(mode: str | None = None) -> str:
@@ -48,6 +52,10 @@ def resolve_mode(mode: str | None = None) -> str:
     return chosen
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 class WandbLogger:
     """Log training scalars, per-parameter gradient norms and hidden-state gradient curves to W&B.
 
@@ -55,9 +63,11 @@ class WandbLogger:
         project: W&B project name.
         name: display name of the run (W&B picks one if ``None``).
         config: hyperparameters stored as the run's config.
-        mode: ``"offline"``, ``"online"`` or ``"disabled"``; see :func:`resolve_mode`.
+        mode: ``"offline"``, ``"online"`` or ``"disabled"``; see :func:`resolve_mode`. ``mode``
+            afterwards holds the mode that actually started (``"disabled"`` if none did).
         dir: folder under which W&B writes its ``wandb/`` folder (default: the working directory).
         run_id: id of an earlier run to continue (offline runs then share the id).
+        init_timeout_s: how long an online run waits for the server before falling back to offline.
 
     Use as a context manager, or call :meth:`finish` at the end.
     """
@@ -70,36 +80,58 @@ class WandbLogger:
         mode: str | None = None,
         dir: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
+        init_timeout_s: float = 30.0,
     ) -> None:
         self.mode = resolve_mode(mode)
-        self._run = None
-        if self.mode == "disabled":
-            return
+        self._run: Any = None
+        self._tables = True  # cleared when W&B cannot stage a table file
+        options = {"project": project, "name": name, "config": dict(config or {}), "id": run_id}
+        for attempt in _FALLBACKS.get(self.mode, ()):
+            self._run = self._start(attempt, dir, init_timeout_s, options)
+            if self._run is not None:
+                self.mode = attempt
+                return
+        self.mode = "disabled"
+
+    @staticmethod
+    def _start(mode: str, dir: Any, init_timeout_s: float, options: dict[str, Any]) -> Any:
+        """A W&B run in ``mode``, or ``None`` (with a warning) when W&B cannot start."""
         try:
             import wandb
 
             # Quiet console and no background system-metrics sampling: the logger must not
             # interleave with the progress bar nor slow down short runs.
-            settings = wandb.Settings(silent=True, console="off", save_code=False, x_disable_stats=True)
+            settings = wandb.Settings(
+                silent=True, console="off", save_code=False, x_disable_stats=True, init_timeout=init_timeout_s
+            )
             if dir is not None:
                 Path(dir).mkdir(parents=True, exist_ok=True)
-            self._run = wandb.init(
-                project=project,
-                name=name,
-                config=dict(config or {}),
-                mode=self.mode,
-                dir=None if dir is None else str(dir),
-                id=run_id,
-                resume="allow" if run_id is not None else None,
-                settings=settings,
+            resume = "allow" if options["id"] is not None else None
+            return wandb.init(
+                mode=mode, dir=None if dir is None else str(dir), resume=resume, settings=settings, **options
             )
         except Exception as exc:  # any failure to start must leave training running
-            warnings.warn(
-                f"W&B could not start ({type(exc).__name__}: {exc}); continuing without W&B logging",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._run = None
+            then = "trying offline" if mode == "online" else "continuing without W&B logging"
+            _warn(f"W&B could not start in {mode} mode ({type(exc).__name__}: {exc}); {then}")
+            return None
+
+    def _call(self, what: str, log: Callable[[], None]) -> bool:
+        """Run ``log``; on failure warn and return ``False`` instead of raising."""
+        try:
+            log()
+            return True
+        except Exception as exc:  # a logging failure must never stop training
+            _warn(f"W&B failed while logging {what} ({type(exc).__name__}: {exc})")
+            return False
+
+    def _abandon(self) -> None:
+        """Stop logging after a failed call; the run's files so far stay on disk."""
+        run, self._run = self._run, None
+        _warn("W&B logging stops; training continues")
+        try:
+            run.finish(exit_code=1)
+        except Exception:  # the run is already broken; closing it is best effort
+            pass
 
     @property
     def enabled(self) -> bool:
@@ -116,10 +148,13 @@ class WandbLogger:
         """The run's local folder (``.../wandb/offline-run-*`` when offline)."""
         return None if self._run is None else Path(self._run.dir).parent
 
+    def _log(self, what: str, values: Mapping[str, Any], step: int) -> None:
+        if self._run is not None and not self._call(what, lambda: self._run.log(dict(values), step=step)):
+            self._abandon()
+
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log scalars at ``step`` (W&B steps must not decrease)."""
-        if self._run is not None:
-            self._run.log(dict(metrics), step=step)
+        self._log("metrics", metrics, step)
 
     def log_step(
         self,
@@ -144,7 +179,7 @@ class WandbLogger:
             "grad_norm/global": global_gradient_norm(model),
         }
         scalars.update({f"grad_norm/{name}": norm for name, norm in parameter_gradient_norms(model).items()})
-        self._run.log(scalars, step=step)
+        self._log("training scalars", scalars, step)
 
     def log_hidden_gradients(self, step: int, norms: Tensor) -> None:
         r"""Log the curve :math:`\|\partial L / \partial h_t\|`, ``t = 0..T``, and its end points.
@@ -155,6 +190,7 @@ class WandbLogger:
 
         ``hidden_grad/ratio`` is :math:`\|\partial L/\partial h_0\| / \|\partial L/\partial h_T\|`:
         how much of the gradient at the last step reaches the first (near 0 means vanishing).
+        If W&B cannot write the curve's table, only the end points are logged from then on.
         """
         if norms.dim() != 1 or norms.numel() < 2:
             raise ValueError(
@@ -162,135 +198,42 @@ class WandbLogger:
             )
         if self._run is None:
             return
-        import wandb
-
         values = norms.detach().double().cpu().tolist()
-        table = wandb.Table(columns=["t", "grad_norm"], data=[[t, v] for t, v in enumerate(values)])
         ends = {
             "hidden_grad/h0": values[0],
             "hidden_grad/hT": values[-1],
             "hidden_grad/ratio": values[0] / values[-1] if values[-1] != 0.0 else float("inf"),
         }
-        plot = wandb.plot.line(table, "t", "grad_norm", title="||dL/dh_t|| over t")
-        self._run.log({"hidden_grad/curve": plot, **ends}, step=step)
-        self._run.summary.update(ends)
+        if not (
+            self._tables
+            and self._call("the hidden-gradient curve", lambda: self._log_curve(step, values, ends))
+        ):
+            self._log("the hidden-gradient end points", ends, step)
+        if self._run is not None and not self._call(
+            "the run summary", lambda: self._run.summary.update(ends)
+        ):
+            self._abandon()
+
+    def _log_curve(self, step: int, values: list[float], ends: dict[str, float]) -> None:
+        """Log ``values`` over ``t`` as a line plot with ``ends``; a failure stops the curve, not the run."""
+        import wandb
+
+        try:
+            table = wandb.Table(columns=["t", "grad_norm"], data=[[t, v] for t, v in enumerate(values)])
+            plot = wandb.plot.line(table, "t", "grad_norm", title="||dL/dh_t|| over t")
+            self._run.log({"hidden_grad/curve": plot, **ends}, step=step)
+        except Exception:
+            self._tables = False  # W&B stages a table as a file: an unwritable WANDB_DATA_DIR stops here
+            raise
 
     def finish(self) -> None:
         """Close the run (writes the offline run's final records)."""
-        if self._run is not None:
-            self._run.finish()
-            self._run = None
+        run, self._run = self._run, None
+        if run is not None:
+            self._call("the end of the run", run.finish)
 
     def __enter__(self) -> WandbLogger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.finish()
-
-
-@dataclass
-class OfflineRun:
-    """What a W&B run file holds: its config, its history rows (in order) and its final summary."""
-
-    config: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-# The .wandb file is a LevelDB-style log: a 7-byte header (":W&B", magic 0xBEE1, version),
-# then 32 KiB blocks of chunks, each with a 7-byte header (crc32c, length, type). A record
-# (a serialised wandb.proto Record) is one FULL chunk or FIRST, MIDDLE..., LAST chunks.
-_FILE_HEADER = struct.Struct("<4sHB")
-_CHUNK_HEADER = struct.Struct("<IHB")
-_BLOCK = 32768
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def _records(data: bytes, path: Path) -> list[bytes]:
-    ident, magic, _ = _FILE_HEADER.unpack_from(data)
-    if ident != b":W&B" or magic != 0xBEE1:
-        raise ValueError(f"{path} is not a W&B run file (header {data[:7]!r})")
-    records, parts, pos = [], [], _FILE_HEADER.size
-    while pos + _CHUNK_HEADER.size <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _CHUNK_HEADER.size:  # block trailer padding
-            pos += left
-            continue
-        _, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
-        pos += _CHUNK_HEADER.size
-        if pos + length > len(data):  # the writer was cut off mid-record
-            break
-        chunk = data[pos : pos + length]
-        pos += length
-        if kind == _FULL:
-            records.append(chunk)
-        elif kind == _FIRST:
-            parts = [chunk]
-        elif kind == _MIDDLE:
-            parts.append(chunk)
-        elif kind == _LAST:
-            records.append(b"".join([*parts, chunk]))
-            parts = []
-    return records
-
-
-def _items(items: Any) -> dict[str, Any]:
-    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
-
-
-def read_offline_run(path: str | os.PathLike[str]) -> OfflineRun:
-    """Read an offline run without syncing it.
-
-    Args:
-        path: an ``offline-run-*`` folder or the ``run-*.wandb`` file in it.
-
-    Nested keys are joined with ``/``. W&B media (tables, plots) appear in the history as their
-    file references (``<key>/path`` etc., relative to the run's ``files/`` folder).
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("run-*.wandb"))
-        if len(files) != 1:
-            raise ValueError(f"expected one run-*.wandb file in {path}, found {[f.name for f in files]}")
-        path = files[0]
-    if not path.is_file():
-        raise ValueError(f"W&B run file not found: {path}")
-    run = OfflineRun()
-    for data in _records(path.read_bytes(), path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run.config.update(_items(record.run.config.update))
-        elif kind == "config":
-            run.config.update(_items(record.config.update))
-        elif kind == "history":
-            run.history.append(_items(record.history.item))
-        elif kind == "summary":
-            run.summary.update(_items(record.summary.update))
-            for item in record.summary.remove:
-                run.summary.pop(item.key or "/".join(item.nested_key), None)
-    return run
-
-
-def wait_for_offline_run(path: str | os.PathLike[str], key: str, timeout_s: float = 60.0) -> OfflineRun:
-    """:func:`read_offline_run` once the run's summary holds ``key`` (the metric logged last).
-
-    W&B's service writes the run file asynchronously and may still be writing after ``finish()``
-    returned, so the file is read again until ``key`` is in it; ``TimeoutError`` after ``timeout_s``.
-    """
-    from google.protobuf.message import DecodeError
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            run = read_offline_run(path)
-        except (ValueError, DecodeError):  # not written yet, or a record cut off mid-write
-            run = None
-        if run is not None and key in run.summary:
-            return run
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path}: W&B did not write {key!r} within {timeout_s:g} s")
-        time.sleep(0.2)

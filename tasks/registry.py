@@ -13,8 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .base import Task
+from .idx import DataError
 
-__all__ = ["available_tasks", "build_task", "check_int", "default_data_dir"]
+__all__ = [
+    "DATA_VARIABLE",
+    "available_tasks",
+    "build_task",
+    "check_int",
+    "data_folder_hint",
+    "default_data_dir",
+]
 
 # name -> "module:builder"; each builder takes keyword-only options and returns a Task.
 _BUILDERS: dict[str, str] = {
@@ -54,11 +62,43 @@ def build_task(name: str, **kwargs: object) -> Task:
     return builder(**kwargs)
 
 
+#: The variable naming the folder that holds the offline data (``mnist/``, ``fsdd/recordings/``, ...).
+DATA_VARIABLE = "HRNN_DATA"
+
+
+def _checkout() -> Path | None:
+    """The source checkout this package is imported from, or ``None`` for an installed copy."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
 def default_data_dir(*parts: str) -> Path:
-    """Where the offline data lives: ``$HRNN_DATA/<parts>``, else ``<repo>/../shared/data/<parts>``."""
-    env = os.environ.get("HRNN_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return base.joinpath(*parts)
+    """Where the offline data lives: ``$HRNN_DATA/<parts>``, else ``<checkout>/../shared/data/<parts>``.
+
+    An installed (non-editable) copy has no checkout beside it, so there ``HRNN_DATA`` must be set:
+    a ``DataError`` says so rather than pointing inside the environment.
+    """
+    env = os.environ.get(DATA_VARIABLE)
+    if env:
+        return Path(env).joinpath(*parts)
+    checkout = _checkout()
+    if checkout is None:
+        raise DataError(f"no data folder: {data_folder_hint()}")
+    return checkout.parent.joinpath("shared", "data", *parts)
+
+
+def data_folder_hint() -> str:
+    """One sentence on where the offline data is looked for, for error messages."""
+    env = os.environ.get(DATA_VARIABLE)
+    if env:
+        return f"data is read from ${DATA_VARIABLE} = {env}"
+    checkout = _checkout()
+    beside = (
+        f"{checkout.parent / 'shared' / 'data'} beside the checkout"
+        if checkout
+        else "no default (not a checkout)"
+    )
+    return f"set ${DATA_VARIABLE} to the folder holding the data; unset, it is {beside}"
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
