@@ -154,3 +154,19 @@ def test_hdnn_2d_script_learns_double_moons_and_saves_the_plot(tmp_path, capsys,
     assert accuracy >= 0.9
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"test accuracy: {accuracy:.4f}"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "boundary_states.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paper_preset_sets_the_papers_2d_settings_and_flags_override_it():
+    config = hdnn_2d.parse_args(["--preset", "paper", "--depth", "8"])
+    assert (config.width, config.t_end, config.alpha, config.convention) == (4, 1.2, 5e-4, "reference")
+    assert config.depth == 8 and (config.n_train, config.n_test, config.batch_size) == (4000, 4000, 125)
+    assert hdnn_2d.parse_args([]).depth == hdnn_2d.Config().depth
+
+
+def test_decision_basis_is_orthonormal_with_the_hyperplane_normal_first():
+    head = torch.nn.Linear(4, 2)
+    basis = hdnn_2d.decision_basis(head, torch.randn(50, 4))
+    torch.testing.assert_close(basis.T @ basis, torch.eye(2), rtol=0, atol=1e-6)
+    normal = head.weight[1] - head.weight[0]
+    torch.testing.assert_close(basis[:, 0], normal / normal.norm(), rtol=0, atol=1e-6)
