@@ -3,7 +3,7 @@
 Usage::
 
     python -m experiments.benchmark_speed --quick --out outputs/speed_quick   # a few minutes
-    python -m experiments.benchmark_speed --out outputs/speed                 # the full grid of issue 6
+    python -m experiments.benchmark_speed --out outputs/speed                 # the full grid
     python -m experiments.benchmark_speed --device cuda --out outputs/speed_cuda
 
 Three measurements, each printed as a table and written to ``--out`` (``speed.csv``,
@@ -19,12 +19,12 @@ Three measurements, each printed as a table and written to ``--out`` (``speed.cs
   autograd keeps between forward and backward (tensors packed by
   :func:`torch.autograd.graph.saved_tensors_hooks`, which include a custom Function's
   ``save_for_backward``), ``peak`` the high-water mark of all tensor memory the forward and
-  backward allocate (:class:`LiveBytes`, exact, any device), both beyond the input and the
+  backward allocate (:class:`experiments.memory.LiveBytes`, exact, any device), both beyond the input and the
   parameters; ``beyond output`` is ``peak`` less the layer's output (T, batch, hidden), which the
   caller holds whatever the method: the activation memory a method needs.
 * **round-off** of the reversible mode in float32: the error of the state rebuilt from ``y_T`` by
   the exact inverse steps, and the relative gradient error against stored states, without
-  checkpoints and with the default interval (:data:`hrnn.fast.DEFAULT_CHECKPOINT_EVERY`).
+  anchors and with the default interval (:data:`hrnn.fast.DEFAULT_ANCHOR_EVERY`).
 """
 
 from __future__ import annotations
@@ -34,26 +34,21 @@ import csv
 import json
 import logging
 import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from hrnn.cells import HamiltonianCell, OscillatorCell
-from hrnn.fast import DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHUNK
-from hrnn.fast.oscillator import _forward_segment as oscillator_forward_segment
-from hrnn.hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
-from hrnn.integrators import integrate
+from experiments.memory import forward_backward, peak_bytes, saved_bytes
+from hrnn.fast import DEFAULT_ANCHOR_EVERY, DEFAULT_CHUNK
+from hrnn.fast.oscillator import forward_segment as oscillator_forward_segment
 from hrnn.models import MODELS as REGISTRY
-from hrnn.rnn import HamiltonianRNN, OscillatorRNN
+from hrnn.models import capabilities, models_with
 
-__all__ = ["MODELS", "LiveBytes", "ModelSpec", "main", "peak_bytes", "saved_bytes", "time_models"]
+__all__ = ["MODELS", "ModelSpec", "main", "time_models"]
 
 log = logging.getLogger("experiments.benchmark_speed")
 
@@ -66,32 +61,32 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-#: Benchmark label -> layer; ``lstm`` is the reference of every ratio.
-MODELS: dict[str, ModelSpec] = {
-    "lstm": ModelSpec("lstm"),
-    "gru": ModelSpec("gru"),
-    "hamiltonian": ModelSpec("hamiltonian"),
-    "hamiltonian_reversible": ModelSpec("hamiltonian", {"memory": "reversible"}),
-    "oscillator": ModelSpec("oscillator"),
-    "oscillator_reversible": ModelSpec("oscillator", {"memory": "reversible"}),
-    "antisymmetric": ModelSpec("antisymmetric"),
-}
-MEMORY_MODELS = ("lstm", "hamiltonian", "hamiltonian_reversible", "oscillator", "oscillator_reversible")
 REFERENCE = "lstm"
+#: Benchmark label -> layer: every registry model, and ``<name>_reversible`` for those that support
+#: ``memory="reversible"``; ``lstm`` is the reference of every ratio.
+MODELS: dict[str, ModelSpec] = {
+    **{name: ModelSpec(name) for name in REGISTRY},
+    **{
+        f"{name}_reversible": ModelSpec(name, {"memory": "reversible"})
+        for name in models_with(reversible=True)
+    },
+}
+#: The memory table: the reference and every layer with a reversible mode, in both modes.
+MEMORY_MODELS = (
+    REFERENCE,
+    *(label for name in models_with(reversible=True) for label in (name, f"{name}_reversible")),
+)
 
-# (hidden, T, batch) of the grids; the must-show point of issue 6 is (128, 1000, 64)
+# (hidden, T, batch) of the grids; (128, 1000, 64) is the headline configuration
 FULL = {"hidden": [128, 256], "seq_len": [100, 1000, 5000], "batch": [32, 128], "extra": [(128, 1000, 64)]}
 QUICK = {"hidden": [128], "seq_len": [100], "batch": [32], "extra": [(128, 1000, 64)]}
 WARMUP_STEPS = 20  # a short sequence first loads every kernel, whatever T is timed
 
 
-def build_layer(label: str, input_size: int, hidden_size: int, device: str) -> nn.Module | None:
-    """The layer of ``label``, time-major, float32 on ``device``; None when hrnn lacks it."""
+def build_layer(label: str, input_size: int, hidden_size: int, device: str) -> nn.Module:
+    """The layer of ``label``, time-major, float32 on ``device``."""
     spec = MODELS[label]
-    layer_class = REGISTRY.get(spec.registry)
-    if layer_class is None:
-        return None
-    return layer_class(input_size, hidden_size, **spec.options).to(device)
+    return REGISTRY[spec.registry](input_size, hidden_size, **spec.options).to(device)
 
 
 def _sync(device: str) -> None:
@@ -99,24 +94,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _forward_backward(layer: nn.Module, x: Tensor) -> Tensor:
-    output, _ = layer(x)
-    output.sum().backward()
-    return output
-
-
 def time_models(layers: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
     """Fastest forward + backward time (s) of each layer over ``repeats`` interleaved rounds."""
     device = x.device.type
     for layer in layers.values():
-        _forward_backward(layer, x[:WARMUP_STEPS])
+        forward_backward(layer, x[:WARMUP_STEPS])
     best = dict.fromkeys(layers, float("inf"))
     for _ in range(repeats):
         for label, layer in layers.items():
             layer.zero_grad(set_to_none=True)
             _sync(device)
             start = time.perf_counter()
-            _forward_backward(layer, x)
+            forward_backward(layer, x)
             _sync(device)
             best[label] = min(best[label], time.perf_counter() - start)
     return best
@@ -129,10 +118,6 @@ def speed_table(args: argparse.Namespace, grid: dict[str, list]) -> list[dict[st
     for hidden, seq_len, batch in configs:
         torch.manual_seed(0)
         layers = {label: build_layer(label, args.input_size, hidden, args.device) for label in args.models}
-        missing = [label for label, layer in layers.items() if layer is None]
-        for label in missing:
-            log.warning("TODO: %s is not in hrnn's registry yet; not measured", label)
-        layers = {label: layer for label, layer in layers.items() if layer is not None}
         x = torch.randn(seq_len, batch, args.input_size, device=args.device)
         times = time_models(layers, x, args.repeats)
         for label, seconds in times.items():
@@ -143,59 +128,6 @@ def speed_table(args: argparse.Namespace, grid: dict[str, list]) -> list[dict[st
         log.info("hidden %d, T %d, batch %d: %s", hidden, seq_len, batch,
                  ", ".join(f"{k} {v:.3f}s" for k, v in times.items()))  # fmt: skip
     return rows
-
-
-def saved_bytes(fn: Callable[[], object], exclude: Sequence[Tensor]) -> int:
-    """Bytes of the distinct storages autograd keeps for the backward pass of ``fn()``, beyond ``exclude``."""
-    given = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in given:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
-class LiveBytes(TorchDispatchMode):
-    """Counts the bytes of the tensor storages that the ops run under it create, while they live.
-
-    Every aten op (forward, backward, inside custom Functions) passes through the mode; a storage
-    is counted from the op that creates it until it is freed (a finalizer on the storage), so
-    ``peak`` is the exact high-water mark of the tensor memory allocated under the mode, on any
-    device. Storages that exist before (``known``: the input, the parameters) are never counted.
-    """
-
-    def __init__(self, known: Sequence[Tensor] = ()) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen = {id(t.untyped_storage()) for t in known}
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.live -= nbytes
-        self._seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor) and id(storage := t.untyped_storage()) not in self._seen:
-                self._seen.add(id(storage))
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._free, id(storage), storage.nbytes())
-        return out
-
-
-def peak_bytes(layer: nn.Module, x: Tensor) -> int:
-    """Peak tensor memory of one forward + backward (loss ``output.sum()``) beyond the input and parameters."""
-    layer.zero_grad(set_to_none=True)
-    with LiveBytes(known=(x, *layer.parameters())) as counter:
-        _forward_backward(layer, x)
-    return counter.peak
 
 
 def memory_table(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -216,38 +148,18 @@ def memory_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-#: cell class -> (energy of step t with input u_t, step size, scheme): what the inverse steps undo
-INVERTIBLE: dict[type, Callable[[Any, Tensor], tuple[Any, Any, str]]] = {
-    HamiltonianCell: lambda cell, u_t: (
-        LogCoshHamiltonian(K_p=cell.weight_p, K_q=cell.weight_q, b_p=cell.bias_p, b_q=u_t),
-        cell.dt,
-        cell.scheme,
-    ),
-    OscillatorCell: lambda cell, u_t: (
-        OscillatorHamiltonian(w=cell.w, b=u_t, alpha=cell.alpha),
-        cell.step_size(),
-        "symplectic_euler",
-    ),
-}
-
-
 def reconstruction_error(layer: nn.Module, x: Tensor) -> float:
-    """max_t |y_t rebuilt from y_T by the inverse steps - y_t| / max_t |y_t| (no checkpoint), in x's dtype."""
+    """max_t |y_t rebuilt from y_T by the inverse steps - y_t| / max_t |y_t| (no anchor), in x's dtype."""
     cell = layer.cells[0]
     u = cell.project(x)
-
-    def run(p: Tensor, q: Tensor, t: int, inverse: bool) -> tuple[Tensor, Tensor]:
-        energy, h, scheme = INVERTIBLE[type(cell)](cell, u[t])
-        return integrate(p, q, lambda _: (energy.grad_v, energy.grad_t), h, 1, scheme, inverse=inverse)
-
     p, q = (x.new_zeros(x.shape[1], cell.hidden_size) for _ in range(2))
     forward = [torch.cat([p, q], -1)]
-    for t in range(len(u)):
-        p, q = run(p, q, t, inverse=False)
+    for u_t in u:
+        p, q = cell.step(u_t, p, q)
         forward.append(torch.cat([p, q], -1))
     error = 0.0
     for t in range(len(u) - 1, -1, -1):
-        p, q = run(p, q, t, inverse=True)
+        p, q = cell.inverse_step(u[t], p, q)
         error = max(error, float((torch.cat([p, q], -1) - forward[t]).abs().max()))
     return error / float(torch.stack(forward).abs().max())
 
@@ -265,23 +177,29 @@ def _relative_error(actual: list[Tensor], expected: list[Tensor]) -> float:
     return max(float((a.double() - e.double()).norm() / e.double().norm()) for a, e in pairs)
 
 
+def _roundoff_cases(seq_len: int) -> dict[str, tuple[type[nn.Module], dict[str, Any]]]:
+    """Every layer with a reversible mode, with its defaults and, where it has one, ``dt="auto"``."""
+    cases = {}
+    for name in models_with(reversible=True):
+        cases[f"{name} (defaults)"] = (REGISTRY[name], {})
+        if capabilities(name).auto_dt:
+            cases[f"{name} dt=auto"] = (REGISTRY[name], {"dt": "auto", "seq_len": seq_len})
+    return cases
+
+
 def roundoff_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Float32 round-off of the reversible mode vs T, for the step size a user gets and for dt = 0.1."""
     rows = []
     for seq_len in args.roundoff_seq_len:
         torch.manual_seed(0)
         x = torch.randn(seq_len, args.roundoff_batch, args.input_size)
-        cases = {
-            "hamiltonian dt=auto": (HamiltonianRNN, {"dt": "auto", "seq_len": seq_len}),
-            "hamiltonian dt=0.1": (HamiltonianRNN, {"dt": 0.1}),
-            "oscillator (defaults)": (OscillatorRNN, {}),
-        }
+        cases = _roundoff_cases(seq_len)
         for case, (layer_class, options) in cases.items():
             torch.manual_seed(1)
             modes = (("stored", None), ("reversible", seq_len), ("reversible", None))
             layers = {
                 (memory, k): layer_class(
-                    args.input_size, args.roundoff_hidden, memory=memory, checkpoint_every=k, **options
+                    args.input_size, args.roundoff_hidden, memory=memory, anchor_every=k, **options
                 )
                 for memory, k in modes
             }
@@ -296,8 +214,8 @@ def roundoff_table(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "case": case, "seq_len": seq_len, "dt": stored.cells[0].dt.item(),
                 "reconstruction_error": rebuilt,
                 "grad_error_float32_stored": _relative_error(grads["stored", None], exact),
-                "grad_error_no_checkpoint": _relative_error(grads["reversible", seq_len], grads["stored", None]),
-                "grad_error_default_checkpoint": _relative_error(grads["reversible", None], grads["stored", None]),
+                "grad_error_no_anchor": _relative_error(grads["reversible", seq_len], grads["stored", None]),
+                "grad_error_default_anchor": _relative_error(grads["reversible", None], grads["stored", None]),
             })  # fmt: skip
             log.info("round-off %s", rows[-1])
     return rows
@@ -341,7 +259,7 @@ def loop_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             times[name] = min(times[name], time.perf_counter() - start)
     rows += [{"what": f"oscillator forward loop, {name}", "ms": 1e3 * t} for name, t in times.items()]
     x = torch.randn(seq_len, batch, args.input_size)
-    for layer_class in (HamiltonianRNN, OscillatorRNN):
+    for layer_class in (REGISTRY[name] for name in models_with(reversible=True)):
         layers = {
             "fast": layer_class(args.input_size, hidden),
             "reference": layer_class(args.input_size, hidden, fast=False),
@@ -387,8 +305,8 @@ def format_roundoff(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"{r['case']:<22} {r['seq_len']:>6} {r['dt']:>7.4f} {r['reconstruction_error']:>11.1e} "
-            f"{r['grad_error_float32_stored']:>10.1e} {r['grad_error_no_checkpoint']:>9.1e} "
-            f"{r['grad_error_default_checkpoint']:>13.1e}"
+            f"{r['grad_error_float32_stored']:>10.1e} {r['grad_error_no_anchor']:>9.1e} "
+            f"{r['grad_error_default_anchor']:>13.1e}"
         )
     return "\n".join(lines)
 
@@ -426,9 +344,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, all cores)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument(
-        "--quick", action="store_true", help="one small configuration and the must-show point"
-    )
+    parser.add_argument("--quick", action="store_true", help="one small configuration and the headline one")
     parser.add_argument("--out", type=Path, default=Path("outputs/speed"))
     args = parser.parse_args(argv)
     if REFERENCE not in args.models:
@@ -468,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         print(f"\n## {name} ({args.device}, {torch.get_num_threads()} threads)\n{fmt(results[name])}")
         _write_csv(args.out / f"{name}.csv", results[name])
     meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "checkpoint_every": DEFAULT_CHECKPOINT_EVERY, "args": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
+            "anchor_every": DEFAULT_ANCHOR_EVERY, "args": {k: str(v) for k, v in vars(args).items()}}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps({"meta": meta, **results}, indent=2))
     return results
 

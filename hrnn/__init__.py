@@ -4,11 +4,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .cells import (
     AntisymmetricCell,
+    Capabilities,
     CoRNNCell,
     GatedAntisymmetricCell,
     HamiltonianCell,
+    LEMCell,
     OscillatorCell,
     RecurrentCell,
+    SeparableHamiltonianCell,
 )
 from .hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
 from .hdnn import (
@@ -20,9 +23,18 @@ from .hdnn import (
     per_node_forward,
     smoothness_regularizer,
 )
-from .integrators import SCHEMES, Scheme, get_scheme, integrate
-from .models import SequenceModel, available_models, build_model
-from .rnn import AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN, RecurrentLayer
+from .integrators import SCHEMES, Scheme, Substep, get_scheme, integrate
+from .models import SequenceModel, available_models, build_model, capabilities
+from .reversible import reversible_integrate
+from .rnn import (
+    LEMRNN,
+    AntisymmetricRNN,
+    CoRNN,
+    GatedAntisymmetricRNN,
+    HamiltonianRNN,
+    OscillatorRNN,
+    RecurrentLayer,
+)
 from .step_size import heuristic_dt
 
 try:
@@ -31,9 +43,11 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "LEMRNN",
     "SCHEMES",
     "AntisymmetricCell",
     "AntisymmetricRNN",
+    "Capabilities",
     "CoRNN",
     "CoRNNCell",
     "GatedAntisymmetricCell",
@@ -42,6 +56,7 @@ __all__ = [
     "HamiltonianCell",
     "HamiltonianDNN",
     "HamiltonianRNN",
+    "LEMCell",
     "LogCoshHamiltonian",
     "OscillatorCell",
     "OscillatorHamiltonian",
@@ -49,16 +64,20 @@ __all__ = [
     "RecurrentCell",
     "RecurrentLayer",
     "Scheme",
+    "SeparableHamiltonianCell",
     "SequenceModel",
+    "Substep",
     "__version__",
     "available_hdnns",
     "available_models",
     "build_hdnn",
     "build_model",
+    "capabilities",
     "distributed_mask",
     "get_scheme",
     "heuristic_dt",
     "integrate",
     "per_node_forward",
+    "reversible_integrate",
     "smoothness_regularizer",
 ]

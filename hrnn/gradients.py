@@ -2,7 +2,7 @@ r"""Gradient measurements on the models of :func:`hrnn.models.build_model`.
 
 Every function here uses only the public model and layer API -- ``model.rnn(x, hx) -> (output,
 h_n)``, ``model.decode(output, h_n)`` and, on hrnn layers, ``output_index`` (which state part is
-emitted) and ``cell_class.hamiltonian`` -- so it works for the hrnn layers and torch's
+emitted) and ``capabilities.canonical`` (the state is a pair (p, q)) -- so it works for the hrnn layers and torch's
 LSTM / GRU / RNN alike.
 To reach the state between two steps, the layer is run one step at a time, carrying ``h_n``
 into the next call as ``hx``; that is the same computation as one call on the whole sequence.
@@ -214,8 +214,8 @@ def backward_sensitivity(model: nn.Module, x: Tensor) -> BackwardSensitivity:
             )
             rows.append(torch.cat([g[0] for g in grads], dim=-1))
     jacobians = torch.stack(rows, dim=1).double()  # (T, width, width)
-    hamiltonian = getattr(getattr(rnn, "cell_class", None), "hamiltonian", False)
-    J = canonical_j(width // 2, dtype=torch.float64) if hamiltonian else None
+    canonical = getattr(getattr(rnn, "capabilities", None), "canonical", False)
+    J = canonical_j(width // 2, dtype=torch.float64) if canonical else None
     M = torch.eye(width, dtype=torch.float64)
     norms = [torch.ones((), dtype=torch.float64)]
     errors = [torch.zeros((), dtype=torch.float64)]

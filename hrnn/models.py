@@ -21,23 +21,48 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .cells import State, check_input, state_parts
-from .rnn import AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
+from .cells import Capabilities, State, check_input, state_parts
+from .rnn import LEMRNN, AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
+from .validation import lookup
 
-__all__ = ["MODELS", "READOUTS", "SequenceModel", "Standardize", "available_models", "build_model"]
+__all__ = [
+    "MODELS",
+    "READOUTS",
+    "SequenceModel",
+    "Standardize",
+    "available_models",
+    "build_model",
+    "capabilities",
+    "models_with",
+]
 
 #: Registry name -> layer class. Every class takes
-#: ``(input_size, hidden_size, num_layers=..., batch_first=..., dropout=..., **options)``.
+#: ``(input_size, hidden_size, num_layers=..., batch_first=..., dropout=..., **options)``; an hrnn
+#: layer declares what it supports in ``capabilities`` (torch's layers support none of it).
 MODELS: dict[str, type[nn.Module]] = {
     "hamiltonian": HamiltonianRNN,
     "oscillator": OscillatorRNN,
     "cornn": CoRNN,
     "antisymmetric": AntisymmetricRNN,
     "gated_antisymmetric": GatedAntisymmetricRNN,
+    "lem": LEMRNN,
     "lstm": nn.LSTM,
     "gru": nn.GRU,
     "rnn": nn.RNN,
 }
+
+
+def capabilities(name: str) -> Capabilities:
+    """What the layer registered as ``name`` supports: canonical (p, q) state, symplectic step,
+    ``dt="auto"``, ``memory="reversible"`` (:class:`hrnn.cells.Capabilities`)."""
+    layer_class = lookup(MODELS, name, "model")
+    cell_class = getattr(layer_class, "cell_class", None)
+    return cell_class.capabilities if cell_class is not None else Capabilities()
+
+
+def models_with(**wanted: bool) -> list[str]:
+    """Registry names whose capabilities match every ``wanted`` flag, e.g. ``models_with(auto_dt=True)``."""
+    return [name for name in MODELS if all(getattr(capabilities(name), k) == v for k, v in wanted.items())]
 
 
 def _last_step(output: Tensor, state: Tensor | State | None) -> Tensor:
@@ -115,8 +140,7 @@ class SequenceModel(nn.Module):
         self, rnn: nn.Module, output_size: int, readout: str = "last", standardize: bool = False
     ) -> None:
         super().__init__()
-        if readout not in READOUTS:
-            raise ValueError(f"unknown readout {readout!r}; known readouts: {sorted(READOUTS)}")
+        lookup(READOUTS, readout, "readout")
         if not getattr(rnn, "batch_first", False):
             raise ValueError("SequenceModel needs a batch_first=True recurrent layer")
         self.rnn = rnn
@@ -176,18 +200,21 @@ def build_model(
     num_layers: int = 1,
     readout: str = "last",
     standardize: bool = False,
+    seq_len: int | None = None,
     **cell_kw,
 ) -> SequenceModel:
     """A :class:`SequenceModel` with the layer registered as ``name`` (see :func:`available_models`).
 
     ``cell_kw`` go to the layer: ``dropout``, ``device``, ``dtype`` and the cell's options (``dt``,
-    ``scheme``, ``seq_len``, ``alpha``, ``gamma``, ``epsilon``, ... for the hrnn cells; torch's
+    ``scheme``, ``alpha``, ``gamma``, ``epsilon``, ... for the hrnn cells; torch's
     own keyword arguments, e.g. ``nonlinearity``, for ``lstm`` / ``gru`` / ``rnn``). The head
     follows the layer's dtype and device.
+
+    ``seq_len`` (the sequence length the model will see) goes only to the layers that choose their
+    step size from it (``capabilities(name).auto_dt``, used with ``dt="auto"``); others ignore it.
     """
-    try:
-        layer_class = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {available_models()}") from None
+    layer_class = lookup(MODELS, name, "model")
+    if seq_len is not None and capabilities(name).auto_dt:
+        cell_kw["seq_len"] = seq_len
     rnn = layer_class(input_size, hidden_size, num_layers=num_layers, batch_first=True, **cell_kw)
     return SequenceModel(rnn, output_size, readout, standardize)

@@ -25,17 +25,19 @@ from torch import Tensor, nn
 
 from .cells import (
     AntisymmetricCell,
+    Capabilities,
     CoRNNCell,
     GatedAntisymmetricCell,
     HamiltonianCell,
+    LEMCell,
     OscillatorCell,
     RecurrentCell,
-    check_input,
-    check_state,
     state_parts,
 )
+from .validation import check_input, check_size, check_state
 
 __all__ = [
+    "LEMRNN",
     "AntisymmetricRNN",
     "CoRNN",
     "GatedAntisymmetricRNN",
@@ -72,8 +74,7 @@ class RecurrentLayer(nn.Module):
         **cell_kw,
     ) -> None:
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        check_size("num_layers", num_layers)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size = input_size
@@ -85,6 +86,11 @@ class RecurrentLayer(nn.Module):
             self.cell_class(input_size if layer == 0 else hidden_size, hidden_size, **cell_kw)
             for layer in range(num_layers)
         )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the layer's cell class supports (:class:`hrnn.cells.Capabilities`)."""
+        return self.cell_class.capabilities
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -142,15 +148,9 @@ class RecurrentLayer(nn.Module):
 class HamiltonianRNN(RecurrentLayer):
     r"""Stacked :class:`hrnn.cells.HamiltonianCell` layers (log-cosh energy, symplectic by default).
 
-    Per layer and step, with :math:`u_t = W_{ih} x_t + b_{ih}` and ``scheme`` (default
-    symplectic Euler):
-
-    .. math::
-        p_{t} = p_{t-1} - dt\, K_q^\top \tanh(K_q q_{t-1} + u_t),\qquad
-        q_{t} = q_{t-1} + dt\, K_p^\top \tanh(K_p p_{t} + b_p).
-
-    Cell options: ``dt`` (float, or ``"auto"`` with ``seq_len``), ``scheme``. State ``(p, q)``,
-    output :math:`q_t` of the last layer.
+    The energy and its equations are in :class:`~hrnn.cells.HamiltonianCell`. Cell options:
+    ``dt`` (float, or ``"auto"`` with ``seq_len``), ``scheme``, ``gain``, ``memory``,
+    ``anchor_every``, ``fast``. State ``(p, q)``, output :math:`q_t` of the last layer.
 
     Shape:
         x: (T, batch, input_size), (batch, T, input_size) with ``batch_first``, or (T, input_size).
@@ -164,11 +164,9 @@ class HamiltonianRNN(RecurrentLayer):
 class OscillatorRNN(RecurrentLayer):
     r"""Stacked :class:`hrnn.cells.OscillatorCell` layers (UnICORNN-type independent oscillators).
 
-    .. math::
-        p_t = p_{t-1} - h \odot (\tanh(w \odot q_{t-1} + u_t) + \alpha q_{t-1}),\qquad
-        q_t = q_{t-1} + h \odot p_t,\qquad h = dt\,\sigma(c).
-
-    Cell options: ``dt`` (or ``"auto"`` with ``seq_len``), ``alpha``. Shapes as :class:`HamiltonianRNN`.
+    Equations in :class:`~hrnn.cells.OscillatorCell`. Cell options: ``dt`` (or ``"auto"`` with
+    ``seq_len``), ``alpha``, ``scheme``, ``memory``, ``anchor_every``, ``fast``. Shapes as
+    :class:`HamiltonianRNN`.
     """
 
     cell_class = OscillatorCell
@@ -212,3 +210,12 @@ class GatedAntisymmetricRNN(RecurrentLayer):
     """
 
     cell_class = GatedAntisymmetricCell
+
+
+class LEMRNN(RecurrentLayer):
+    """Stacked :class:`hrnn.cells.LEMCell` layers (long expressive memory); equations in the cell.
+
+    Cell option: ``dt``. State ``(z, y)``, output :math:`y_t`; shapes as :class:`HamiltonianRNN`.
+    """
+
+    cell_class = LEMCell

@@ -14,9 +14,11 @@ from hrnn.cells import (
     OscillatorCell,
 )
 from hrnn.hamiltonians import canonical_j
+from hrnn.models import MODELS
 from hrnn.step_size import heuristic_dt
 
-CELLS = [HamiltonianCell, OscillatorCell, CoRNNCell, AntisymmetricCell, GatedAntisymmetricCell]
+# every cell of the registry's hrnn layers
+CELLS = [layer.cell_class for layer in MODELS.values() if hasattr(layer, "cell_class")]
 N, IN, B = 5, 3, 4
 
 
@@ -222,7 +224,7 @@ def test_bad_cell_options_fail_clearly():
         HamiltonianCell(IN, N, dt="large")
     with pytest.raises(ValueError, match="dt must be finite and > 0"):
         HamiltonianCell(IN, N, dt=-0.1)
-    with pytest.raises(ValueError, match=r"known schemes: \['euler', 'symplectic_euler', 'verlet'\]"):
+    with pytest.raises(ValueError, match=r"known: \['euler', 'symplectic_euler', 'verlet'\]"):
         HamiltonianCell(IN, N, scheme="rk4")
     with pytest.raises(ValueError, match="hidden_size"):
         CoRNNCell(IN, 0)

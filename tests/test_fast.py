@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.benchmark_speed import LiveBytes, peak_bytes, saved_bytes
+from experiments.memory import LiveBytes, peak_bytes, saved_bytes
 from hrnn import HamiltonianRNN, OscillatorRNN, build_model
-from hrnn.fast import DEFAULT_CHECKPOINT_EVERY, PLANS, hamiltonian_scan, oscillator_scan
+from hrnn.cells import ACCELERATIONS
+from hrnn.fast import DEFAULT_ANCHOR_EVERY, hamiltonian_scan, oscillator_scan
 from hrnn.fast._common import segment_bounds
 from hrnn.hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
-from hrnn.integrators import SCHEMES, get_scheme
+from hrnn.integrators import SCHEMES, Scheme, Substep, get_scheme
+from hrnn.models import MODELS
 from hrnn.step_size import heuristic_dt
 
 F64 = torch.float64
@@ -70,10 +72,10 @@ LOSSES = {"all": (True, True, True), "outputs": (True, False, False), "final_sta
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
-@pytest.mark.parametrize(("memory", "checkpoint_every"), MODES)
+@pytest.mark.parametrize(("memory", "anchor_every"), MODES)
 @pytest.mark.parametrize("projected", [False, True], ids=["u", "x_w_ih"])
 def test_hamiltonian_scan_matches_plain_loop_in_value_and_every_gradient(
-    scheme, memory, checkpoint_every, projected
+    scheme, memory, anchor_every, projected
 ):
     if memory == "reversible" and not SCHEMES[scheme].symplectic:
         pytest.skip("reversible needs an exact inverse")
@@ -85,7 +87,7 @@ def test_hamiltonian_scan_matches_plain_loop_in_value_and_every_gradient(
     expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES["all"]), leaves)
     kw = {"weight_ih": w_ih, "bias_ih": b_ih} if projected else {}
     u = x if projected else x @ w_ih.T + b_ih
-    actual = hamiltonian_scan(u, p0, q0, kq, kp, bp, dt, scheme, memory, checkpoint_every, chunk=CHUNK, **kw)
+    actual = hamiltonian_scan(u, p0, q0, kq, kp, bp, dt, scheme, memory, anchor_every, chunk=CHUNK, **kw)
     assert_all_close(actual, expected)
     assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES["all"]), leaves), expected_grads)
 
@@ -104,11 +106,11 @@ def test_hamiltonian_scan_gradients_when_only_part_of_the_result_is_used(loss, m
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.7])
-@pytest.mark.parametrize(("memory", "checkpoint_every"), MODES)
+@pytest.mark.parametrize(("memory", "anchor_every"), MODES)
 @pytest.mark.parametrize("projected", [False, True], ids=["u", "x_w_ih"])
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_oscillator_scan_matches_plain_loop_in_value_and_every_gradient(
-    alpha, memory, checkpoint_every, projected, loss
+    alpha, memory, anchor_every, projected, loss
 ):
     leaves = oscillator_leaves()
     x, w_ih, b_ih, p0, q0, w, c = leaves
@@ -118,7 +120,7 @@ def test_oscillator_scan_matches_plain_loop_in_value_and_every_gradient(
     kw = {"weight_ih": w_ih, "bias_ih": b_ih} if projected else {}
     u = x if projected else x @ w_ih.T + b_ih
     h = 0.5 * torch.sigmoid(c)
-    actual = oscillator_scan(u, p0, q0, w, h, alpha, memory, checkpoint_every, chunk=CHUNK, **kw)
+    actual = oscillator_scan(u, p0, q0, w, h, alpha, memory, anchor_every, chunk=CHUNK, **kw)
     assert_all_close(actual, expected)
     assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES[loss]), leaves), expected_grads)
 
@@ -146,14 +148,36 @@ def test_oscillator_scan_passes_gradcheck(memory):
     assert torch.autograd.gradcheck(f, ((x @ w_ih.T + b_ih).detach().requires_grad_(), p0, q0, w, h))
 
 
-def test_every_integrator_scheme_has_a_fast_plan():
-    assert set(PLANS) == set(SCHEMES)
+def test_every_registered_scheme_is_accelerated_for_the_log_cosh_cell():
+    from hrnn.cells import HamiltonianCell, OscillatorCell
+
+    assert {(HamiltonianCell, s.plan) for s in SCHEMES.values()} <= set(ACCELERATIONS)
+    assert (OscillatorCell, SCHEMES["symplectic_euler"].plan) in ACCELERATIONS
+
+
+def test_the_log_cosh_scan_runs_any_plan_of_a_user_scheme():
+    """The scan reads the scheme's plan, so a scheme that is not registered (here a symmetric
+    two-kick composition) runs in it, stored and reversible, equal to the plain loop."""
+    half = Substep("drift", 0.5)
+    scheme = Scheme("drift_kick_drift", ((half,), (Substep("kick"),), (half,)), symplectic=True, order=2)
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = hamiltonian_leaves()
+    for memory, anchor_every in (("stored", None), ("reversible", 3)):
+        u = x @ w_ih.T + b_ih
+        actual = hamiltonian_scan(u, p0, q0, kq, kp, bp, 0.2, scheme, memory, anchor_every, chunk=CHUNK)
+        expected = reference_hamiltonian(u, p0, q0, kq, kp, bp, 0.2, scheme)
+        assert_all_close(actual, expected)
+        weights = loss_weights(*actual)
+        grads = [
+            torch.autograd.grad(weighted(r, weights, (1, 1, 1)), [x, p0, kq, kp, bp], retain_graph=True)
+            for r in (actual, expected)
+        ]
+        assert_all_close(*grads)
 
 
 @pytest.mark.parametrize("cls", [HamiltonianRNN, OscillatorRNN])
 def test_reversible_float32_gradients_stay_within_1e_4_of_stored_ones_at_T_10000(cls):
     """The guard of the reversible mode: at T = 10,000 in float32, with the step size a user gets
-    (``dt="auto"``: the heuristic for T) and the default checkpoint interval, every gradient of the
+    (``dt="auto"``: the heuristic for T) and the default anchor interval, every gradient of the
     rebuilt states is within 1e-4 relative of the stored-state one (docs/speed.md has the table)."""
     seq_len, batch, n = 10_000, 2, 8
     stored = cls(D, n, dt="auto", seq_len=seq_len)
@@ -188,7 +212,7 @@ def test_reversible_mode_keeps_no_per_step_state(scan):
         inputs = (x, p0, w_ih, b_ih, w, h)
         return saved_bytes(lambda: oscillator_scan(x, p0, p0, w, h, 0.5, memory, **kw), inputs)
 
-    # the final state only: no checkpoint below 1,000 steps
+    # the final state only: no anchor below 1,000 steps
     assert measure(40, "reversible") == measure(400, "reversible") == 2 * B * N * 4
     assert measure(400, "stored") > 9 * measure(40, "stored")
 
@@ -204,7 +228,7 @@ def test_scans_without_grad_keep_nothing_and_return_the_same_values():
     assert_all_close(fast, expected)
 
 
-def test_segments_end_at_every_checkpoint():
+def test_segments_end_at_every_anchor():
     assert segment_bounds(10, 4, 3) == [0, 3, 4, 6, 8, 9, 10]
     assert segment_bounds(8, 4) == [0, 4, 8]
 
@@ -218,10 +242,14 @@ def test_reversible_mode_needs_a_symplectic_scheme():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"memory": "checkpointed"}, ValueError, r"known modes: \['reversible', 'stored'\]"),
-        ({"scheme": "rk4"}, ValueError, "known schemes"),
-        ({"checkpoint_every": 10}, ValueError, "only to memory='reversible'"),
-        ({"memory": "reversible", "checkpoint_every": 0}, ValueError, "positive int"),
+        (
+            {"memory": "checkpointed"},
+            ValueError,
+            r"unknown memory mode 'checkpointed'; known: \['reversible', 'stored'\]",
+        ),
+        ({"scheme": "rk4"}, ValueError, "unknown integration scheme 'rk4'; known:"),
+        ({"anchor_every": 10}, ValueError, "only to memory='reversible'"),
+        ({"memory": "reversible", "anchor_every": 0}, ValueError, "positive int"),
         ({"u": torch.zeros(T, B, N + 1, dtype=F64)}, ValueError, r"u must have shape \(seq_len, 3, 4\)"),
         ({"u": torch.zeros(0, B, N, dtype=F64)}, ValueError, "seq_len >= 1"),
         ({"u": torch.zeros(T, B, N)}, TypeError, "torch.float32"),
@@ -265,31 +293,42 @@ def test_scans_on_cuda_match_the_cpu(memory):
     assert_all_close([t.cpu() for t in cuda], cpu)
 
 
+def _layer_of(cell_class):
+    return next(layer for layer in MODELS.values() if getattr(layer, "cell_class", None) is cell_class)
+
+
+#: every registered acceleration, as (layer class, options selecting it); test id "<Cell>-<scheme>"
+ACCELERATED = {
+    f"{cell.__name__}-{scheme.name}": (_layer_of(cell), {"scheme": scheme, "dt": 0.3})
+    for cell, plan in ACCELERATIONS
+    for scheme in SCHEMES.values()
+    if scheme.plan == plan
+}
 LAYERS = {
-    "hamiltonian_symplectic_euler": (HamiltonianRNN, {"scheme": "symplectic_euler", "dt": 0.3}),
-    "hamiltonian_verlet": (HamiltonianRNN, {"scheme": "verlet", "dt": 0.3}),
-    "hamiltonian_euler": (HamiltonianRNN, {"scheme": "euler", "dt": 0.3}),
-    "oscillator": (OscillatorRNN, {"dt": 0.5, "alpha": 0.7}),
+    **ACCELERATED,
+    "OscillatorCell-symplectic_euler": (_layer_of(OscillatorRNN.cell_class), {"dt": 0.5, "alpha": 0.7}),
 }
 LAYOUTS = {"time_major": (T, B, D), "batch_first": (B, T, D), "unbatched": (T, D)}
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 @pytest.mark.parametrize(
-    ("memory", "checkpoint_every"), [("stored", None), ("reversible", None), ("reversible", 4)]
+    ("memory", "anchor_every"), [("stored", None), ("reversible", None), ("reversible", 4)]
 )
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_layer_fast_path_equals_the_reference_loop_in_value_and_every_gradient(
-    layer, memory, checkpoint_every, layout
+def test_every_acceleration_equals_the_generic_path_in_value_and_every_gradient(
+    layer, memory, anchor_every, layout
 ):
-    """Two stacked layers through the public API: output, h_n and the gradients of the input, of hx
-    and of every parameter equal autograd through the plain loop (``fast=False``) to 1e-10."""
+    """Each registered acceleration, two stacked layers through the public API: output, h_n and the
+    gradients of the input, of hx and of every parameter equal the generic path (``fast=False``: the
+    plain loop, or hrnn.reversible's backward) with the same memory mode, to 1e-10."""
     cls, options = LAYERS[layer]
-    if memory == "reversible" and options.get("scheme") == "euler":
+    if memory == "reversible" and not get_scheme(options.get("scheme", "symplectic_euler")).symplectic:
         pytest.skip("reversible needs an exact inverse")
     kw = {"num_layers": 2, "batch_first": layout == "batch_first", "dtype": F64, **options}
-    fast = cls(D, N, memory=memory, checkpoint_every=checkpoint_every, **kw)
-    reference = cls(D, N, fast=False, **kw)
+    fast = cls(D, N, memory=memory, anchor_every=anchor_every, **kw)
+    reference = cls(D, N, fast=False, memory=memory, anchor_every=anchor_every, **kw)
+    assert fast.cells[0].acceleration() is not None and reference.cells[0].acceleration() is None
     reference.load_state_dict(fast.state_dict())
     x = torch.randn(LAYOUTS[layout], dtype=F64, requires_grad=True)
     state_shape = (2, N) if layout == "unbatched" else (2, B, N)
@@ -307,22 +346,21 @@ def test_layer_fast_path_equals_the_reference_loop_in_value_and_every_gradient(
 
 def test_memory_options_pass_through_build_model_to_every_layer():
     model = build_model(
-        "hamiltonian", D, N, 1, num_layers=2, scheme="verlet", memory="reversible", checkpoint_every=7
+        "hamiltonian", D, N, 1, num_layers=2, scheme="verlet", memory="reversible", anchor_every=7
     )
-    assert [(c.memory, c.checkpoint_every, c.fast) for c in model.rnn.cells] == [("reversible", 7, True)] * 2
+    assert [(c.memory, c.anchor_every, c.fast) for c in model.rnn.cells] == [("reversible", 7, True)] * 2
     assert "memory=reversible" in repr(model)
     model = build_model("oscillator", D, N, 1, memory="reversible")
-    assert model.rnn.cells[0].memory == "reversible" and model.rnn.cells[0].checkpoint_every is None
+    assert model.rnn.cells[0].memory == "reversible" and model.rnn.cells[0].anchor_every is None
 
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "message"),
     [
         (HamiltonianRNN, {"scheme": "euler", "memory": "reversible"}, "symplectic scheme"),
-        (HamiltonianRNN, {"memory": "reversible", "fast": False}, "needs fast=True"),
-        (OscillatorRNN, {"memory": "low"}, r"known modes: \['reversible', 'stored'\]"),
-        (OscillatorRNN, {"checkpoint_every": 100}, "only to memory='reversible'"),
-        (HamiltonianRNN, {"memory": "reversible", "checkpoint_every": 0}, "positive int"),
+        (OscillatorRNN, {"memory": "low"}, r"known: \['reversible', 'stored'\]"),
+        (OscillatorRNN, {"anchor_every": 100}, "only to memory='reversible'"),
+        (HamiltonianRNN, {"memory": "reversible", "anchor_every": 0}, "positive int"),
     ],
 )
 def test_layers_reject_bad_memory_options_when_built(cls, kwargs, message):
@@ -333,7 +371,7 @@ def test_layers_reject_bad_memory_options_when_built(cls, kwargs, message):
 @pytest.mark.parametrize("cls", [HamiltonianRNN, OscillatorRNN])
 def test_reversible_layer_keeps_no_per_step_tensor(cls):
     """Through the layer (batch-first input, the projection inside the scan): what autograd keeps
-    beyond the input and the parameters is the final state, whatever T below the checkpoint interval."""
+    beyond the input and the parameters is the final state, whatever T below the anchor interval."""
 
     def measure(seq_len: int, memory: str) -> int:
         layer = cls(D, N, batch_first=True, memory=memory)
@@ -342,13 +380,13 @@ def test_reversible_layer_keeps_no_per_step_tensor(cls):
 
     assert measure(40, "reversible") == measure(400, "reversible") <= 8 * B * N * 4
     assert measure(400, "stored") > 9 * measure(40, "stored")
-    # one (p, q) checkpoint more per interval
-    long = DEFAULT_CHECKPOINT_EVERY + 1
+    # one (p, q) anchor more per interval
+    long = DEFAULT_ANCHOR_EVERY + 1
     assert measure(long, "reversible") == measure(40, "reversible") + 2 * B * N * 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("layer", ["hamiltonian_verlet", "oscillator"])
+@pytest.mark.parametrize("layer", ["HamiltonianCell-verlet", "OscillatorCell-symplectic_euler"])
 @pytest.mark.parametrize("memory", ["stored", "reversible"])
 def test_layer_on_cuda_equals_the_reference_loop_on_the_cpu(layer, memory):
     cls, options = LAYERS[layer]
@@ -380,7 +418,7 @@ def test_live_bytes_counts_the_peak_of_tensor_memory_exactly():
 
 @pytest.mark.parametrize("cls", [HamiltonianRNN, OscillatorRNN])
 def test_reversible_peak_memory_beyond_the_output_does_not_grow_with_T(cls):
-    """The must-show of issue 6 in small: 10x the steps, the same activation memory (1.2x at most),
+    """10x the steps, the same activation memory (1.2x at most),
     while the stored mode's grows several-fold (the full-size table is in docs/speed.md)."""
 
     def beyond_output(seq_len: int, memory: str) -> int:
@@ -388,7 +426,7 @@ def test_reversible_peak_memory_beyond_the_output_does_not_grow_with_T(cls):
         x = torch.randn(seq_len, B, D)
         return peak_bytes(layer, x) - seq_len * B * N * 4
 
-    short, long = 110, 1100  # the long run keeps one checkpoint
+    short, long = 110, 1100  # the long run keeps one anchor
     assert beyond_output(long, "reversible") <= 1.2 * beyond_output(short, "reversible")
     # the stored mode's constant backward workspace is a large share at these tiny sizes
     assert beyond_output(long, "stored") >= 4 * beyond_output(short, "stored")

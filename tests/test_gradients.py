@@ -14,10 +14,10 @@ from hrnn.gradients import (
     parameter_gradient_norms,
     run_stepwise,
 )
-from hrnn.models import build_model
+from hrnn.models import available_models, build_model
 from hrnn.step_size import heuristic_dt
 
-NAMES = ["hamiltonian", "oscillator", "cornn", "antisymmetric", "gated_antisymmetric", "lstm", "gru", "rnn"]
+NAMES = available_models()
 IN, N, B, T = 3, 4, 2, 9
 
 

@@ -135,7 +135,7 @@ def test_zero_steps_return_the_state_unchanged():
 def test_unknown_scheme_lists_the_known_ones():
     with pytest.raises(
         ValueError,
-        match=r"unknown integration scheme 'rk4'; known schemes: \['euler', 'symplectic_euler', 'verlet'\]",
+        match=r"unknown integration scheme 'rk4'; known: \['euler', 'symplectic_euler', 'verlet'\]",
     ):
         get_scheme("rk4")
     scheme = SCHEMES["verlet"]

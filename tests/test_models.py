@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import hrnn
-from hrnn.models import MODELS, build_model
+from hrnn.models import MODELS, build_model, capabilities, models_with
 from hrnn.rnn import HamiltonianRNN
 
-NAMES = ["hamiltonian", "oscillator", "cornn", "antisymmetric", "gated_antisymmetric", "lstm", "gru", "rnn"]
+NAMES = hrnn.available_models()
 IN, HIDDEN, OUT, B, T = 3, 6, 2, 4, 9
 
 
@@ -21,9 +21,17 @@ def test_public_names_are_importable_from_hrnn():
         "CoRNNCell",
         "AntisymmetricCell",
         "GatedAntisymmetricCell",
+        "LEMCell",
     ):
         assert issubclass(getattr(hrnn, name), hrnn.RecurrentCell)
-    for name in ("HamiltonianRNN", "OscillatorRNN", "CoRNN", "AntisymmetricRNN", "GatedAntisymmetricRNN"):
+    for name in (
+        "HamiltonianRNN",
+        "OscillatorRNN",
+        "CoRNN",
+        "AntisymmetricRNN",
+        "GatedAntisymmetricRNN",
+        "LEMRNN",
+    ):
         assert issubclass(getattr(hrnn, name), hrnn.RecurrentLayer)
     assert callable(hrnn.build_model) and callable(hrnn.available_models)
     assert {"build_model", "available_models", "HamiltonianRNN"} <= set(hrnn.__all__)
@@ -41,8 +49,29 @@ def test_readme_example_steps_a_sequence_piece_by_piece():
 
 
 def test_available_models_lists_every_registry_name():
-    assert hrnn.available_models() == NAMES
-    assert set(MODELS) == set(NAMES)
+    assert hrnn.available_models() == list(MODELS)
+    assert {"hamiltonian", "oscillator", "cornn", "lem", "lstm", "gru", "rnn"} <= set(MODELS)
+
+
+def test_capabilities_are_what_the_cells_declare():
+    ham = capabilities("hamiltonian")
+    assert (ham.canonical, ham.symplectic, ham.auto_dt, ham.reversible) == (True, True, True, True)
+    assert capabilities("lstm") == hrnn.Capabilities() == capabilities("cornn")
+    assert models_with(reversible=True) == ["hamiltonian", "oscillator"]
+    for name, layer in MODELS.items():
+        declared = layer.cell_class.capabilities if hasattr(layer, "cell_class") else hrnn.Capabilities()
+        assert capabilities(name) == declared
+    with pytest.raises(ValueError, match="unknown model 'transformer'; known:"):
+        capabilities("transformer")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seq_len_reaches_only_the_cells_that_choose_dt_from_it(name):
+    auto = capabilities(name).auto_dt
+    model = build_model(name, IN, HIDDEN, OUT, seq_len=1000, **({"dt": "auto"} if auto else {}))
+    if auto:
+        cell = model.rnn.cells[0]
+        assert cell.dt.item() == pytest.approx(hrnn.heuristic_dt(1000, cell.max_frequency()))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -76,7 +105,7 @@ def test_baselines_equal_the_torch_modules_they_wrap(name, torch_class):
 
 def test_cell_options_pass_through_build_model():
     model = build_model("hamiltonian", IN, HIDDEN, OUT, num_layers=2, dt=0.05, scheme="verlet")
-    assert all(c.dt.item() == pytest.approx(0.05) and c.scheme == "verlet" for c in model.rnn.cells)
+    assert all(c.dt.item() == pytest.approx(0.05) and c.scheme.name == "verlet" for c in model.rnn.cells)
     auto = build_model("hamiltonian", IN, HIDDEN, OUT, dt="auto", seq_len=1000)
     assert auto.rnn.cells[0].dt.item() == pytest.approx(
         hrnn.heuristic_dt(1000, auto.rnn.cells[0].max_frequency())
@@ -104,14 +133,12 @@ def test_hamiltonian_parameter_count_matches_its_equations():
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown model 'transformer'; known models: \['hamiltonian', "):
+    with pytest.raises(ValueError, match=r"unknown model 'transformer'; known: \['antisymmetric', "):
         build_model("transformer", IN, HIDDEN, OUT)
 
 
 def test_unknown_readout_fails_clearly():
-    with pytest.raises(
-        ValueError, match=r"unknown readout 'first'; known readouts: \['last', 'sequence', 'state'\]"
-    ):
+    with pytest.raises(ValueError, match=r"unknown readout 'first'; known: \['last', 'sequence', 'state'\]"):
         build_model("lstm", IN, HIDDEN, OUT, readout="first")
 
 
@@ -125,7 +152,6 @@ BAD_INPUTS = [
     (torch.randn(T, IN), ValueError, r"expected input of shape \(batch, T, input_size\)"),
     (torch.ones(B, T, IN, dtype=torch.int32), TypeError, "floating-point"),
     (torch.randn(B, T, IN).double(), TypeError, "parameters have dtype torch.float32"),
-    (torch.full((B, T, IN), float("inf")), ValueError, "NaN or infinite"),
 ]
 
 
@@ -134,6 +160,15 @@ BAD_INPUTS = [
 def test_bad_input_fails_clearly_for_every_model(name, x, error, message):
     with pytest.raises(error, match=message):
         build_model(name, IN, HIDDEN, OUT)(x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_input_gives_a_non_finite_output_as_in_torch_nn(name):
+    """Values are not inspected (that would synchronise with the device on every call)."""
+    x = torch.randn(B, T, IN)
+    x[0, 3, 1] = float("nan")
+    out = build_model(name, IN, HIDDEN, OUT)(x)
+    assert out[0].isnan().any() and out[1:].isfinite().all()
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,11 @@ import torch
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from hrnn.rnn import AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
+from hrnn.models import MODELS
+from hrnn.rnn import AntisymmetricRNN, HamiltonianRNN, RecurrentLayer
 
-LAYERS = [HamiltonianRNN, OscillatorRNN, CoRNN, AntisymmetricRNN, GatedAntisymmetricRNN]
+# every hrnn layer of the registry (torch's own are tested by torch)
+LAYERS = [layer for layer in MODELS.values() if issubclass(layer, RecurrentLayer)]
 IN, N, B, T, L = 3, 5, 2, 7, 2
 
 
@@ -127,7 +129,7 @@ def test_device_move_takes_buffers_along_and_mismatched_input_fails_clearly(cls)
 
 def test_hamiltonian_layer_passes_cell_options_to_every_layer():
     layer = HamiltonianRNN(IN, N, num_layers=2, dt=0.05, scheme="verlet")
-    assert all(cell.dt.item() == pytest.approx(0.05) and cell.scheme == "verlet" for cell in layer.cells)
+    assert all(cell.dt.item() == pytest.approx(0.05) and cell.scheme.name == "verlet" for cell in layer.cells)
     assert [tuple(c.weight_ih.shape) for c in layer.cells] == [(N, IN), (N, N)]
 
 
@@ -153,7 +155,6 @@ BAD_INPUTS = [
     (torch.randn(IN), None, ValueError, "rank 1"),
     (torch.ones(T, B, IN, dtype=torch.int64), None, TypeError, "floating-point"),
     (torch.randn(T, B, IN, dtype=torch.float64), None, TypeError, "dtype torch.float64"),
-    (torch.full((T, B, IN), float("nan")), None, ValueError, "NaN"),
     (torch.randn(0, B, IN), None, ValueError, "at least one step"),
 ]
 

@@ -5,7 +5,7 @@ works segment by segment: it gathers the per-step cotangents of one segment into
 buffers and turns them into parameter gradients with a few large matrix multiplies, so its
 workspace is O(chunk), whatever T is. In ``"stored"`` mode the forward pass keeps every
 activation and state for the backward; in ``"reversible"`` mode it keeps only the final
-state and a checkpoint every ``checkpoint_every`` steps, and the backward rebuilds each
+state and an anchor every ``anchor_every`` steps, and the backward rebuilds each
 segment from its end by the exact inverse step.
 """
 
@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from ..integrators import validate_state, validate_step_size
+from ..validation import lookup
 
 __all__ = [
-    "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_ANCHOR_EVERY",
     "DEFAULT_CHUNK",
     "MEMORY_MODES",
     "InputGrad",
@@ -42,44 +43,44 @@ DEFAULT_CHUNK = 64
 
 # Reversible mode re-anchors on a stored state every this many steps, which bounds the float32
 # drift of the states rebuilt by the inverse step (measured in docs/speed.md: well under the 1e-4
-# relative gradient target at T = 10,000) while the checkpoints stay a small share of the memory.
-DEFAULT_CHECKPOINT_EVERY = 1000
+# relative gradient target at T = 10,000) while the anchors stay a small share of the memory.
+DEFAULT_ANCHOR_EVERY = 1000
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How one scan runs: the memory mode, its segment length and checkpoint interval."""
+    """How one scan runs: the memory mode, its segment length and anchor interval."""
 
     reversible: bool
     chunk: int
-    checkpoint_every: int | None
+    anchor_every: int | None
 
     def segments(self, seq_len: int) -> list[tuple[int, int]]:
         """The ``(t0, t1)`` step ranges the scan runs one after another."""
-        marks = segment_bounds(seq_len, self.chunk, self.checkpoint_every if self.reversible else None)
+        marks = segment_bounds(seq_len, self.chunk, self.anchor_every if self.reversible else None)
         return list(pairwise(marks))
 
-    def checkpointed(self, t: int, seq_len: int) -> bool:
+    def anchored(self, t: int, seq_len: int) -> bool:
         """Whether the reversible forward keeps the state reached after ``t`` steps."""
-        return self.checkpoint_every is not None and 0 < t < seq_len and t % self.checkpoint_every == 0
+        return self.anchor_every is not None and 0 < t < seq_len and t % self.anchor_every == 0
 
     def anchors(
         self, seq_len: int, final: tuple[Tensor, Tensor], saved: Sequence[Tensor]
     ) -> dict[int, tuple[Tensor, Tensor]]:
         """The states the reversible backward restarts from, keyed by step: ``saved`` holds the
-        forward's checkpoints as ``p, q, p, q, ...`` in step order; ``final`` is ``(p_T, q_T)``."""
-        marks = [t1 for _, t1 in self.segments(seq_len) if self.checkpointed(t1, seq_len)]
+        forward's anchors as ``p, q, p, q, ...`` in step order; ``final`` is ``(p_T, q_T)``."""
+        marks = [t1 for _, t1 in self.segments(seq_len) if self.anchored(t1, seq_len)]
         anchors = {t: (saved[2 * i], saved[2 * i + 1]) for i, t in enumerate(marks)}
         anchors[seq_len] = final
         return anchors
 
 
-def segment_bounds(seq_len: int, chunk: int, checkpoint_every: int | None = None) -> list[int]:
+def segment_bounds(seq_len: int, chunk: int, anchor_every: int | None = None) -> list[int]:
     """Segment boundaries ``0 = b_0 < ... < b_K = seq_len``: every multiple of ``chunk`` and of
-    ``checkpoint_every``, so that every checkpoint ends a segment."""
+    ``anchor_every``, so that every anchor ends a segment."""
     marks = set(range(0, seq_len, chunk)) | {seq_len}
-    if checkpoint_every is not None:
-        marks |= set(range(0, seq_len, checkpoint_every))
+    if anchor_every is not None:
+        marks |= set(range(0, seq_len, anchor_every))
     return sorted(marks)
 
 
@@ -193,24 +194,21 @@ def _check_tensor(name: str, t: Tensor, shape: tuple[int, ...], like: Tensor) ->
         )
 
 
-def check_memory(memory: str, checkpoint_every: int | None, symplectic: bool) -> tuple[bool, int | None]:
-    """Check a memory mode and its checkpoint interval; returns (reversible, interval or None).
+def check_memory(memory: str, anchor_every: int | None, symplectic: bool) -> tuple[bool, int | None]:
+    """Check a memory mode and its anchor interval; returns (reversible, interval or None).
 
-    ``checkpoint_every=None`` in reversible mode means :data:`DEFAULT_CHECKPOINT_EVERY`.
+    ``anchor_every=None`` in reversible mode means :data:`DEFAULT_ANCHOR_EVERY`.
     """
-    try:
-        reversible = MEMORY_MODES[memory]
-    except KeyError:
-        raise ValueError(f"unknown memory mode {memory!r}; known modes: {sorted(MEMORY_MODES)}") from None
+    reversible = lookup(MEMORY_MODES, memory, "memory mode")
     if reversible and not symplectic:
         raise ValueError("memory='reversible' needs a symplectic scheme (one with an exact inverse)")
-    if checkpoint_every is None:
-        return reversible, DEFAULT_CHECKPOINT_EVERY if reversible else None
+    if anchor_every is None:
+        return reversible, DEFAULT_ANCHOR_EVERY if reversible else None
     if not reversible:
-        raise ValueError("checkpoint_every applies only to memory='reversible'")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
-    return reversible, checkpoint_every
+        raise ValueError("anchor_every applies only to memory='reversible'")
+    if isinstance(anchor_every, bool) or not isinstance(anchor_every, int) or anchor_every < 1:
+        raise ValueError(f"anchor_every must be a positive int, got {anchor_every!r}")
+    return reversible, anchor_every
 
 
 def validate_scan_inputs(
@@ -222,7 +220,7 @@ def validate_scan_inputs(
     bias_ih: Tensor | None,
     step: Tensor | float,
     memory: str,
-    checkpoint_every: int | None,
+    anchor_every: int | None,
     chunk: int,
     symplectic: bool,
 ) -> RunConfig:
@@ -251,7 +249,7 @@ def validate_scan_inputs(
         if t is not None:
             _check_tensor(name, t, shape, p0)
     validate_step_size(step, like=p0)
-    reversible, checkpoint_every = check_memory(memory, checkpoint_every, symplectic)
+    reversible, anchor_every = check_memory(memory, anchor_every, symplectic)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    return RunConfig(reversible=reversible, chunk=chunk, checkpoint_every=checkpoint_every)
+    return RunConfig(reversible=reversible, chunk=chunk, anchor_every=anchor_every)

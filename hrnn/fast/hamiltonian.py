@@ -8,7 +8,8 @@ with the log-cosh energy of Galimberti et al. (2023),
 
 and the output of step ``t`` is :math:`q_t`. Every scheme is a sequence of *substeps* — a kick
 :math:`p \leftarrow p - c\,dt\,\nabla V_t(q)` or a drift :math:`q \leftarrow q + c\,dt\,\nabla T(p)` —
-grouped in *stages* whose substeps read the same state (:data:`PLANS`). Substep ``s`` writes a new
+grouped in *stages* whose substeps read the same state (the scheme's ``plan``,
+:class:`hrnn.integrators.Scheme`). Substep ``s`` writes a new
 version of its target into state buffer ``s`` (row ``t + 1`` for step ``t``, row 0 for the initial
 state), so forward, inverse and backward all run off one static table (:class:`Layout`).
 
@@ -21,6 +22,7 @@ matrix multiplies after it.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -28,32 +30,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..integrators import get_scheme
+from ..integrators import KINDS, Plan, Scheme, get_scheme
 from ._common import DEFAULT_CHUNK, InputTerm, backward_input, validate_scan_inputs
 
-__all__ = ["PLANS", "Layout", "Substep", "hamiltonian_scan"]
+__all__ = ["Layout", "hamiltonian_scan", "layout_of"]
 
 
-@dataclass(frozen=True)
-class Substep:
-    """``kind`` is ``"kick"`` (p -= fraction*dt*grad V_t(q)) or ``"drift"`` (q += fraction*dt*grad T(p))."""
-
-    kind: str
-    fraction: float
-
-
-_KICK, _DRIFT = Substep("kick", 1.0), Substep("drift", 1.0)
-_HALF_KICK = Substep("kick", 0.5)
-
-# scheme name -> stages; the substeps of one stage all read the stage's input state
-PLANS: dict[str, tuple[tuple[Substep, ...], ...]] = {
-    "euler": ((_KICK, _DRIFT),),
-    "symplectic_euler": ((_KICK,), (_DRIFT,)),
-    "verlet": ((_HALF_KICK,), (_DRIFT,), (_HALF_KICK,)),
-}
-
-# kind -> (variable it updates, variable it reads, sign of its update)
-_KINDS: dict[str, tuple[str, str, float]] = {"kick": ("p", "q", -1.0), "drift": ("q", "p", 1.0)}
+# kind -> sign of its update (a kick lowers p, a drift raises q)
+_SIGN: dict[str, float] = {"kick": -1.0, "drift": 1.0}
 
 Ref = tuple[int, int]  # (state buffer, lag): the version in buffer row t + 1 - lag at step t
 
@@ -75,31 +59,34 @@ class Layout:
         return self.kinds.index("kick")
 
     @classmethod
-    def of(cls, plan: tuple[tuple[Substep, ...], ...]) -> Layout:
+    def of(cls, plan: Plan) -> Layout:
         flat = [sub for stage in plan for sub in stage]
         stages, kinds, sigma, stage_of = [], [], [], []
         for j, stage in enumerate(plan):
             stages.append(tuple(range(len(kinds), len(kinds) + len(stage))))
             for sub in stage:
                 kinds.append(sub.kind)
-                sigma.append(_KINDS[sub.kind][2] * sub.fraction)
+                sigma.append(_SIGN[sub.kind] * sub.fraction)
                 stage_of.append(j)
         final = {}
         for s, sub in enumerate(flat):
-            final[_KINDS[sub.kind][0]] = s
+            final[KINDS[sub.kind][0]] = s
         if set(final) != {"p", "q"}:
             raise ValueError(f"a plan must update both p and q, got {plan}")
 
         def version_before(var: str, stage: int) -> Ref:
-            writers = [s for s, sub in enumerate(flat) if _KINDS[sub.kind][0] == var and stage_of[s] < stage]
+            writers = [s for s, sub in enumerate(flat) if KINDS[sub.kind][0] == var and stage_of[s] < stage]
             return (writers[-1], 0) if writers else (final[var], 1)
 
-        source = tuple(version_before(_KINDS[k][1], stage_of[s]) for s, k in enumerate(kinds))
-        previous = tuple(version_before(_KINDS[k][0], stage_of[s]) for s, k in enumerate(kinds))
+        source = tuple(version_before(KINDS[k][1], stage_of[s]) for s, k in enumerate(kinds))
+        previous = tuple(version_before(KINDS[k][0], stage_of[s]) for s, k in enumerate(kinds))
         return cls(tuple(kinds), tuple(sigma), tuple(stages), source, previous, final)
 
 
-_LAYOUTS = {name: Layout.of(plan) for name, plan in PLANS.items()}
+@functools.lru_cache(maxsize=64)
+def layout_of(plan: Plan) -> Layout:
+    """The buffer layout of a scheme's plan (cached: plans are immutable)."""
+    return Layout.of(plan)
 
 
 @dataclass(frozen=True)
@@ -281,7 +268,7 @@ class _HamiltonianScan(torch.autograd.Function):
         state = [q_all if s == fq else p0.new_empty(rows + 1, batch, n) for s in range(n_sub)]
         state[fp][0] = p0
         u_all = term.segment(0, seq_len) if stored else None
-        checkpoints, m = [], 0
+        kept, m = [], 0
         for t0, t1 in segments:
             if stored:
                 seg_act, seg_state, u = [a[t0:t1] for a in act], [x[t0 : t1 + 1] for x in state], u_all[t0:t1]
@@ -294,8 +281,8 @@ class _HamiltonianScan(torch.autograd.Function):
                 seg_state = [q_all[t0 : t1 + 1] if s == fq else x[: m + 1] for s, x in enumerate(state)]
                 u = term.segment(t0, t1)
             _forward_segment(layout, prm, u, seg_act, seg_state)
-            if keep and cfg.checkpointed(t1, seq_len):
-                checkpoints += [seg_state[fp][-1].clone(), q_all[t1].clone()]
+            if keep and cfg.anchored(t1, seq_len):
+                kept += [seg_state[fp][-1].clone(), q_all[t1].clone()]
         p_final = state[fp][seq_len if stored else m].clone()
         q_final = q_all[seq_len].clone()
         ctx.layout, ctx.dt, ctx.cfg, ctx.shape = layout, dt, cfg, (seq_len, batch, n)
@@ -304,7 +291,7 @@ class _HamiltonianScan(torch.autograd.Function):
             ctx.save_for_backward(x, weight_q, weight_p, bias_p, weight_ih, bias_ih, *act, *state)
         elif keep:
             ctx.save_for_backward(
-                data, weight_q, weight_p, bias_p, weight_ih, bias_ih, p_final, q_final, *checkpoints
+                data, weight_q, weight_p, bias_p, weight_ih, bias_ih, p_final, q_final, *kept
             )
         return q_all[1:], p_final, q_final
 
@@ -366,9 +353,9 @@ def hamiltonian_scan(
     weight_p: Tensor,
     bias_p: Tensor,
     dt: Tensor | float,
-    scheme: str = "symplectic_euler",
+    scheme: str | Scheme = "symplectic_euler",
     memory: str = "stored",
-    checkpoint_every: int | None = None,
+    anchor_every: int | None = None,
     *,
     weight_ih: Tensor | None = None,
     bias_ih: Tensor | None = None,
@@ -386,12 +373,12 @@ def hamiltonian_scan(
         p0, q0: initial state, each (B, n).
         weight_q, weight_p: :math:`K_q, K_p` (n, n). bias_p: :math:`b_p` (n,).
         dt: step size, a positive float or 0-dim tensor (not differentiated).
-        scheme: ``"symplectic_euler"``, ``"verlet"`` or ``"euler"``.
+        scheme: a :class:`~hrnn.integrators.Scheme` (any plan of kicks and drifts) or a registered name.
         memory: ``"stored"`` keeps every activation (fastest, memory O(T)); ``"reversible"`` rebuilds
             the states backwards by the exact inverse step (symplectic schemes only; memory
-            O(T / checkpoint_every + chunk)).
-        checkpoint_every: reversible mode re-anchors on a stored state every this many steps
-            (default :data:`~hrnn.fast.DEFAULT_CHECKPOINT_EVERY`); a value >= T keeps none.
+            O(T / anchor_every + chunk)).
+        anchor_every: reversible mode re-anchors on a stored state every this many steps
+            (default :data:`~hrnn.fast.DEFAULT_ANCHOR_EVERY`); a value >= T keeps none.
         weight_ih, bias_ih: optional input projection :math:`W_{ih}` (n, d), :math:`b_{ih}` (n,).
         chunk: segment length of the backward workspace.
 
@@ -399,14 +386,12 @@ def hamiltonian_scan(
         ``(outputs, p_T, q_T)``: :math:`q_t` of every step (T, B, n) and the final state, each (B, n).
     """
     s = get_scheme(scheme)
-    if s.name not in _LAYOUTS:
-        raise ValueError(f"scheme {s.name!r} has no fast plan; fast schemes: {sorted(_LAYOUTS)}")
     n = p0.shape[-1] if isinstance(p0, Tensor) else 0
     params = {"weight_q": (weight_q, (n, n)), "weight_p": (weight_p, (n, n)), "bias_p": (bias_p, (n,))}
     cfg = validate_scan_inputs(
-        u, p0, q0, params, weight_ih, bias_ih, dt, memory, checkpoint_every, chunk, s.symplectic
+        u, p0, q0, params, weight_ih, bias_ih, dt, memory, anchor_every, chunk, s.symplectic
     )
     step = float(dt)
     return _HamiltonianScan.apply(
-        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, _LAYOUTS[s.name], step, cfg
+        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, layout_of(s.plan), step, cfg
     )

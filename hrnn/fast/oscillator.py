@@ -27,10 +27,10 @@ from torch.autograd.function import once_differentiable
 
 from ._common import DEFAULT_CHUNK, InputTerm, RunConfig, backward_input, validate_scan_inputs
 
-__all__ = ["oscillator_scan"]
+__all__ = ["forward_segment", "oscillator_scan"]
 
 
-def _forward_segment(u: Tensor, a: Tensor, p: Tensor, q: Tensor, w: Tensor, h: Tensor, alpha: float) -> None:
+def forward_segment(u: Tensor, a: Tensor, p: Tensor, q: Tensor, w: Tensor, h: Tensor, alpha: float) -> None:
     """Steps of one segment: ``a`` (m, B, n) gets the activations, ``p``/``q`` (m + 1, B, n) the states
     (row 0 = the state before the segment)."""
     neg_alpha_h = -alpha * h
@@ -121,19 +121,17 @@ class _OscillatorScan(torch.autograd.Function):
         p_all = p0.new_empty(rows + 1, batch, n)
         p_all[0] = p0
         u_all = term.segment(0, seq_len) if stored else None
-        checkpoints, m = [], 0
+        kept, m = [], 0
         for t0, t1 in segments:
             if stored:
-                _forward_segment(
-                    u_all[t0:t1], act[t0:t1], p_all[t0 : t1 + 1], q_all[t0 : t1 + 1], w, h, alpha
-                )
+                forward_segment(u_all[t0:t1], act[t0:t1], p_all[t0 : t1 + 1], q_all[t0 : t1 + 1], w, h, alpha)
                 continue
             if t0 > 0:
                 p_all[0].copy_(p_all[m])
             m = t1 - t0
-            _forward_segment(term.segment(t0, t1), act[:m], p_all[: m + 1], q_all[t0 : t1 + 1], w, h, alpha)
-            if keep and cfg.checkpointed(t1, seq_len):
-                checkpoints += [p_all[m].clone(), q_all[t1].clone()]
+            forward_segment(term.segment(t0, t1), act[:m], p_all[: m + 1], q_all[t0 : t1 + 1], w, h, alpha)
+            if keep and cfg.anchored(t1, seq_len):
+                kept += [p_all[m].clone(), q_all[t1].clone()]
         p_final = p_all[seq_len if stored else m].clone()
         q_final = q_all[seq_len].clone()
         ctx.alpha, ctx.cfg, ctx.shape = alpha, cfg, (seq_len, batch, n)
@@ -141,7 +139,7 @@ class _OscillatorScan(torch.autograd.Function):
             x = data if weight_ih is not None else None  # u itself is not needed: activations are stored
             ctx.save_for_backward(x, w, h, weight_ih, bias_ih, act, p_all, q_all)
         elif keep:
-            ctx.save_for_backward(data, w, h, weight_ih, bias_ih, p_final, q_final, *checkpoints)
+            ctx.save_for_backward(data, w, h, weight_ih, bias_ih, p_final, q_final, *kept)
         return q_all[1:], p_final, q_final
 
     @staticmethod
@@ -192,7 +190,7 @@ def oscillator_scan(
     h: Tensor,
     alpha: float,
     memory: str = "stored",
-    checkpoint_every: int | None = None,
+    anchor_every: int | None = None,
     *,
     weight_ih: Tensor | None = None,
     bias_ih: Tensor | None = None,
@@ -211,8 +209,8 @@ def oscillator_scan(
         w: frequencies (n,). h: per-unit step (n,), positive (e.g. ``dt * sigmoid(c)``; differentiable).
         alpha: restoring-force coefficient (not differentiated).
         memory: ``"stored"`` or ``"reversible"`` (see :func:`~hrnn.fast.hamiltonian_scan`).
-        checkpoint_every: reversible mode's checkpoint interval (default
-            :data:`~hrnn.fast.DEFAULT_CHECKPOINT_EVERY`).
+        anchor_every: reversible mode's anchor interval (default
+            :data:`~hrnn.fast.DEFAULT_ANCHOR_EVERY`).
         weight_ih, bias_ih: optional input projection (n, d), (n,).
         chunk: segment length of the backward workspace.
 
@@ -229,7 +227,7 @@ def oscillator_scan(
         bias_ih,
         h,
         memory,
-        checkpoint_every,
+        anchor_every,
         chunk,
         True,
     )

@@ -1,0 +1,315 @@
+r"""Hamiltonian cells: a separable energy, a scheme object and a step size.
+
+A cell of this family integrates :math:`H_t(p, q) = T(p) + V(q, u_t)`, with the input
+:math:`u_t = W_{ih} x_t + b_{ih}` entering the potential. A subclass defines the energy by its
+two gradient maps, ``grad_v(q, u_t)`` :math:`= \partial V / \partial q` and ``grad_t(p)``
+:math:`= \partial T / \partial p`, its parameters and ``step_size()``; the base
+:class:`SeparableHamiltonianCell` writes ``step`` once, from those maps and the scheme
+(:class:`hrnn.integrators.Scheme`, kept as an object, so a user's own scheme works everywhere).
+
+Whole sequences run, in this order of preference:
+
+* an *acceleration* of :data:`ACCELERATIONS`, keyed by (cell class, scheme plan): the hand-written
+  scans of :mod:`hrnn.fast`, used when ``fast=True`` (default) and one is registered;
+* with ``memory="reversible"``, the generic reversible backward of :mod:`hrnn.reversible`, for any
+  energy and any symplectic scheme;
+* the plain loop over ``step`` (:meth:`RecurrentCell.scan`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn import Parameter
+
+from ..fast import check_memory, hamiltonian_scan, oscillator_scan
+from ..hamiltonians import log_cosh_gradient, oscillator_potential_gradient
+from ..integrators import SCHEMES, Plan, Scheme, get_scheme
+from ..reversible import reversible_integrate
+from ..step_size import resolve_dt
+from ..validation import check_positive
+from .base import Capabilities, RecurrentCell, State
+
+__all__ = ["ACCELERATIONS", "HamiltonianCell", "OscillatorCell", "SeparableHamiltonianCell"]
+
+Scan = Callable[["SeparableHamiltonianCell", Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+class SeparableHamiltonianCell(RecurrentCell):
+    """Base of the cells whose step is one step of ``scheme`` on a separable energy (module docstring).
+
+    Options (after the sizes, keyword-only):
+
+    * ``scheme``: a :class:`~hrnn.integrators.Scheme` or the name of one in
+      :data:`hrnn.integrators.SCHEMES`.
+    * ``memory``: ``"stored"`` keeps every step's activations for the backward pass (fastest,
+      memory O(T)); ``"reversible"`` keeps only the final state and an anchor every
+      ``anchor_every`` steps and rebuilds the states backwards by the scheme's exact inverse
+      (symplectic schemes only; activation memory nearly independent of T; ``docs/speed.md``).
+    * ``anchor_every``: the reversible mode's anchor interval; ``None`` means
+      :data:`hrnn.fast.DEFAULT_ANCHOR_EVERY`.
+    * ``fast``: ``False`` never uses an acceleration (the plain loop, or the generic reversible
+      backward with ``memory="reversible"``).
+    """
+
+    state_names = ("p", "q")
+    capabilities = Capabilities(canonical=True, symplectic=True, reversible=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        scheme: str | Scheme = "symplectic_euler",
+        memory: str = "stored",
+        anchor_every: int | None = None,
+        fast: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, device=device, dtype=dtype)
+        self.scheme = get_scheme(scheme)
+        _, default_anchor = check_memory(memory, anchor_every, self.scheme.symplectic)
+        self.memory = memory
+        self.anchor_every = anchor_every
+        self._anchor = default_anchor
+        self.fast = bool(fast)
+
+    def grad_v(self, q: Tensor, u_t: Tensor) -> Tensor:
+        """:math:`\\partial V / \\partial q` at ``q`` (batch, n) with input ``u_t`` (batch, n)."""
+        raise NotImplementedError
+
+    def grad_t(self, p: Tensor) -> Tensor:
+        """:math:`\\partial T / \\partial p` at ``p`` (batch, n)."""
+        raise NotImplementedError
+
+    def step_size(self) -> Tensor | float:
+        """The step :math:`h` the scheme gets: a float, a 0-dim or a per-unit (n,) tensor."""
+        return self.dt
+
+    @property
+    def symplectic(self) -> bool:
+        return self.scheme.symplectic
+
+    def step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
+        return self.scheme.step(p, q, lambda q: self.grad_v(q, u_t), self.grad_t, self.step_size())
+
+    def inverse_step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
+        """The state before :meth:`step` from the state after it (symplectic schemes only)."""
+        return self.scheme.inverse(p, q, lambda q: self.grad_v(q, u_t), self.grad_t, self.step_size())
+
+    def acceleration(self) -> Scan | None:
+        """The registered fast scan this cell runs, or ``None`` (``fast=False`` or none registered)."""
+        return ACCELERATIONS.get((type(self), self.scheme.plan)) if self.fast else None
+
+    def forward_sequence(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        scan = self.acceleration()
+        if scan is not None:
+            return scan(self, x, p, q)
+        if self.memory == "reversible":
+            return self.reversible_scan(x, p, q)
+        return super().forward_sequence(x, p, q)
+
+    def reversible_scan(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The generic reversible path on raw input ``x`` (T, batch, input_size): each step projects its
+        own input, so neither ``u`` nor any state per step is kept for the backward pass."""
+        names, params = zip(*self.named_parameters(), strict=True)
+
+        def step(k: int, state: State, x_k: State, prm: State) -> State:
+            return functional_call(self, dict(zip(names, prm, strict=True)), (x_k[0], state))
+
+        def inverse(k: int, state: State, x_k: State, prm: State) -> State:
+            return self.inverse_step(self.project(x_k[0]), *state)
+
+        outputs, final = reversible_integrate(
+            step, inverse, (p, q), x.shape[0], xs=(x,), params=params, anchor_every=self._anchor,
+            emit=self.output,
+        )  # fmt: skip
+        return (outputs, *final)
+
+    def extra_repr(self) -> str:
+        options = f", scheme={self.scheme.name}"
+        options += f", memory={self.memory}" if self.memory != "stored" else ""
+        if self.anchor_every is not None:
+            options += f", anchor_every={self.anchor_every}"
+        return super().extra_repr() + options + ("" if self.fast else ", fast=False")
+
+
+class HamiltonianCell(SeparableHamiltonianCell):
+    r"""Log-cosh Hamiltonian cell: the H-DNN integrator core run in time (Galimberti et al., 2023).
+
+    .. math::
+        H_t(p, q) = \sum_i \log\cosh(K_p p + b_p)_i + \sum_i \log\cosh(K_q q + u_t)_i,
+
+    so :math:`\nabla_q V = K_q^\top \tanh(K_q q + u_t)`, :math:`\nabla_p T = K_p^\top \tanh(K_p p + b_p)`,
+    one step of ``scheme`` (``symplectic_euler``, ``verlet``, the non-symplectic ``euler``
+    ablation, or a :class:`~hrnn.integrators.Scheme` object). Output :math:`q_t`.
+
+    Parameters: ``weight_ih`` (n, input_size), ``bias_ih`` (n,), ``weight_q`` :math:`K_q` (n, n),
+    ``weight_p`` :math:`K_p` (n, n), ``bias_p`` (n,); buffer ``dt`` (0-dim). ``dt="auto"`` with
+    ``seq_len=T`` picks :func:`hrnn.step_size.heuristic_dt` for the initialised energy (the
+    default 0.1 is its value for T of about 400; see ``docs/step_size.md``).
+
+    Initialisation: :math:`K_p, K_q` orthogonal times ``gain`` (all singular values ``gain``, so
+    the linearised frequencies lie in [0, gain²] and ``dt`` has a scale independent of
+    ``hidden_size``), zero :math:`b_p`. A small ``gain`` makes the cell nearly a free particle:
+    an input impulse then stays in ``p`` instead of rotating into ``q`` (``docs/RESULTS.md``,
+    memory probe).
+
+    Options ``scheme``, ``memory``, ``anchor_every`` and ``fast`` as in
+    :class:`SeparableHamiltonianCell`; the registered schemes run in :func:`hrnn.fast.hamiltonian_scan`.
+    """
+
+    capabilities = Capabilities(canonical=True, symplectic=True, auto_dt=True, reversible=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        dt: float | str = 0.1,
+        scheme: str | Scheme = "symplectic_euler",
+        seq_len: int | None = None,
+        gain: float = 1.0,
+        memory: str = "stored",
+        anchor_every: int | None = None,
+        fast: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, scheme=scheme, memory=memory, anchor_every=anchor_every, fast=fast,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        factory = {"device": device, "dtype": dtype}
+        self.gain = check_positive("gain", gain)
+        self.weight_q = Parameter(torch.empty(hidden_size, hidden_size, **factory))
+        self.weight_p = Parameter(torch.empty(hidden_size, hidden_size, **factory))
+        self.bias_p = Parameter(torch.empty(hidden_size, **factory))
+        self.register_buffer("dt", torch.tensor(0.0, **factory))
+        self.reset_parameters()
+        self.dt.fill_(check_positive("dt", resolve_dt(dt, seq_len, self.max_frequency())))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.orthogonal_(self.weight_q, gain=self.gain)
+        nn.init.orthogonal_(self.weight_p, gain=self.gain)
+        nn.init.zeros_(self.bias_p)
+
+    def grad_v(self, q: Tensor, u_t: Tensor) -> Tensor:
+        return log_cosh_gradient(q, self.weight_q, u_t)
+
+    def grad_t(self, p: Tensor) -> Tensor:
+        return log_cosh_gradient(p, self.weight_p, self.bias_p)
+
+    def max_frequency(self) -> float:
+        """:math:`\\|K_p\\|_2 \\|K_q\\|_2`, a bound on the linearised frequencies of the energy."""
+        with torch.no_grad():
+            norms = torch.linalg.matrix_norm(torch.stack([self.weight_p, self.weight_q]), ord=2)
+        return float(norms.prod())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dt={self.dt.item():.4g}"
+
+
+class OscillatorCell(SeparableHamiltonianCell):
+    r"""Independent oscillators, UnICORNN-type (Rusch & Mishra, 2021).
+
+    .. math::
+        V_t(q) = \sum_i w_i^{-1}\log\cosh(w_i q_i + u_{t,i}) + \tfrac\alpha2 q_i^2,\qquad
+        T(p) = \tfrac12 \|p\|^2,
+
+    with a per-unit step :math:`h = dt\,\sigma(c)`. With the default symplectic Euler:
+
+    .. math::
+        p' = p - h \odot (\tanh(w \odot q + u_t) + \alpha q),\qquad q' = q + h \odot p'.
+
+    The loop is elementwise (no matrix multiply). Output :math:`q_t`.
+
+    Parameters: ``weight_ih`` (n, input_size), ``bias_ih`` (n,), ``w`` (n,), ``c`` (n,); buffers
+    ``dt``, ``alpha`` (0-dim). Defaults ``dt=0.19, alpha=30.65`` are UnICORNN's psMNIST values.
+    Initialisation as UnICORNN: :math:`w \sim U(0, 1)`, :math:`c \sim U(-0.1, 0.1)`.
+
+    Options as in :class:`SeparableHamiltonianCell`; symplectic Euler runs in
+    :func:`hrnn.fast.oscillator_scan`.
+    """
+
+    capabilities = Capabilities(canonical=True, symplectic=True, auto_dt=True, reversible=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        dt: float | str = 0.19,
+        alpha: float = 30.65,
+        scheme: str | Scheme = "symplectic_euler",
+        seq_len: int | None = None,
+        memory: str = "stored",
+        anchor_every: int | None = None,
+        fast: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, scheme=scheme, memory=memory, anchor_every=anchor_every, fast=fast,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        factory = {"device": device, "dtype": dtype}
+        if not (float(alpha) >= 0 and math.isfinite(alpha)):
+            raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
+        self.w = Parameter(torch.empty(hidden_size, **factory))
+        self.c = Parameter(torch.empty(hidden_size, **factory))
+        self.register_buffer("alpha", torch.tensor(float(alpha), **factory))
+        self.register_buffer("dt", torch.tensor(0.0, **factory))
+        self.reset_parameters()
+        self.dt.fill_(check_positive("dt", resolve_dt(dt, seq_len, self.max_frequency())))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.uniform_(self.w, 0.0, 1.0)
+        nn.init.uniform_(self.c, -0.1, 0.1)
+
+    def grad_v(self, q: Tensor, u_t: Tensor) -> Tensor:
+        return oscillator_potential_gradient(q, self.w, u_t, self.alpha)
+
+    def grad_t(self, p: Tensor) -> Tensor:
+        return p
+
+    def step_size(self) -> Tensor:
+        """The per-unit step :math:`h = dt\\,\\sigma(c)`, shape (n,)."""
+        return self.dt * torch.sigmoid(self.c)
+
+    def max_frequency(self) -> float:
+        r""":math:`\max_i \sigma(c_i)\sqrt{\alpha + |w_i|}`: the largest :math:`h_i\omega_i / dt`."""
+        with torch.no_grad():
+            return float((torch.sigmoid(self.c) * (self.alpha + self.w.abs()).sqrt()).max())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dt={self.dt.item():.4g}, alpha={self.alpha.item():.4g}"
+
+
+def _log_cosh_scan(cell: HamiltonianCell, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return hamiltonian_scan(
+        x, p, q, cell.weight_q, cell.weight_p, cell.bias_p, cell.dt, cell.scheme, cell.memory,
+        cell.anchor_every, weight_ih=cell.weight_ih, bias_ih=cell.bias_ih,
+    )  # fmt: skip
+
+
+def _oscillator_scan(cell: OscillatorCell, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return oscillator_scan(
+        x, p, q, cell.w, cell.step_size(), cell.alpha.item(), cell.memory, cell.anchor_every,
+        weight_ih=cell.weight_ih, bias_ih=cell.bias_ih,
+    )  # fmt: skip
+
+
+#: (cell class, scheme plan) -> the hand-written scan that computes exactly that cell's recurrence
+#: (keyed by the exact class: a subclass that changes the energy falls back to the generic paths).
+ACCELERATIONS: dict[tuple[type[SeparableHamiltonianCell], Plan], Scan] = {
+    **{(HamiltonianCell, scheme.plan): _log_cosh_scan for scheme in SCHEMES.values()},
+    (OscillatorCell, SCHEMES["symplectic_euler"].plan): _oscillator_scan,
+}
