@@ -12,9 +12,12 @@ from hrnn.cells import (
     GatedAntisymmetricCell,
     HamiltonianCell,
     OscillatorCell,
+    SeparableHamiltonianCell,
 )
 from hrnn.hamiltonians import canonical_j
+from hrnn.integrators import Scheme, Substep
 from hrnn.models import MODELS
+from hrnn.rnn import RecurrentLayer
 from hrnn.step_size import heuristic_dt
 
 # every cell of the registry's hrnn layers
@@ -240,3 +243,63 @@ def test_bad_step_input_fails_clearly():
         cell(torch.ones(B, IN, dtype=torch.long))
     with pytest.raises(ValueError, match=r"expected hx part q of shape \(4, 5\), got \(4, 6\)"):
         cell(torch.randn(B, IN), (torch.randn(B, N), torch.randn(B, N + 1)))
+
+
+class QuarticCell(SeparableHamiltonianCell):
+    """A user's energy given by its two gradient maps: V(q, u) = sum k q^4 / 4 + u q, T(p) = |p|^2 / 2."""
+
+    def __init__(self, input_size, hidden_size, **kw):
+        super().__init__(input_size, hidden_size, **kw)
+        self.k = torch.nn.Parameter(torch.rand(hidden_size, dtype=self.weight_ih.dtype) + 0.5)
+        self.register_buffer("dt", torch.tensor(0.05, dtype=self.weight_ih.dtype))
+        self.reset_parameters()
+
+    def grad_v(self, q, u_t):
+        return self.k * q**3 + u_t
+
+    def grad_t(self, p):
+        return p
+
+
+class QuarticRNN(RecurrentLayer):
+    cell_class = QuarticCell
+
+
+LEAPFROG = Scheme(
+    "my_leapfrog", ((Substep("drift", 0.5),), (Substep("kick"),), (Substep("drift", 0.5),)), True, 2
+)
+
+
+def test_a_user_scheme_object_is_kept_and_runs_the_cell():
+    cell = HamiltonianCell(2, 4, scheme=LEAPFROG, fast=False, dtype=torch.float64)
+    assert cell.scheme is LEAPFROG and cell.symplectic and "scheme=my_leapfrog" in repr(cell)
+    x = torch.randn(6, 3, 2, dtype=torch.float64)
+    out, *_ = cell.forward_sequence(x, *cell.initial_state(3, x))
+    # drift h/2, kick h, drift h/2, written by hand
+    p, q, h = *cell.initial_state(3, x), cell.dt
+    for u_t in cell.project(x):
+        q = q + 0.5 * h * torch.tanh(p @ cell.weight_p.T + cell.bias_p) @ cell.weight_p
+        p = p - h * torch.tanh(q @ cell.weight_q.T + u_t) @ cell.weight_q
+        q = q + 0.5 * h * torch.tanh(p @ cell.weight_p.T + cell.bias_p) @ cell.weight_p
+    torch.testing.assert_close(out[-1], q, rtol=0, atol=1e-12)
+
+
+def test_a_user_energy_and_scheme_get_reversible_memory_with_stored_gradients():
+    torch.manual_seed(0)
+    stored = QuarticRNN(2, 4, scheme=LEAPFROG, batch_first=True, dtype=torch.float64)
+    reversible = QuarticRNN(2, 4, scheme=LEAPFROG, batch_first=True, memory="reversible", anchor_every=7,
+                            dtype=torch.float64)  # fmt: skip
+    reversible.load_state_dict(stored.state_dict())
+    x = torch.randn(3, 30, 2, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for layer in (stored, reversible):
+        output, (p, q) = layer(x)
+        loss = (output**2).sum() + (p * q).sum()
+        grads.append(torch.autograd.grad(loss, [x, *layer.parameters()]))
+    for a, e in zip(*grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=0, atol=1e-10)
+
+
+def test_a_symplectic_scheme_must_be_a_composition_of_single_substeps():
+    with pytest.raises(ValueError, match="declared symplectic"):
+        Scheme("bad", ((Substep("kick"), Substep("drift")),), symplectic=True, order=1)
