@@ -48,7 +48,8 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from hrnn.gradients import backward_sensitivity, hidden_state_gradient_norms
-from hrnn.models import available_models, build_model
+from hrnn.models import MODELS, available_models, build_model, models_with
+from hrnn.validation import lookup
 from hrnn.wandb_logger import WandbLogger
 from tasks import build_task
 
@@ -74,10 +75,11 @@ __all__ = [
 
 log = logging.getLogger("experiments.gradient_study")
 
-DEFAULT_MODELS = ("hamiltonian", "oscillator", "antisymmetric", "gated_antisymmetric", "lstm", "gru", "rnn")
+#: Every registry model.
+DEFAULT_MODELS = tuple(available_models())
 DEFAULT_SEQ_LENS = (100, 1000, 5000)
 #: Models whose step size is chosen from T by :func:`hrnn.step_size.heuristic_dt` (``dt="auto"``).
-AUTO_DT_MODELS = frozenset({"hamiltonian", "oscillator"})
+AUTO_DT_MODELS = frozenset(models_with(auto_dt=True))
 PHASES = ("init", "trained")
 
 
@@ -110,9 +112,8 @@ class StudyConfig:
             raise ValueError(f"unknown W&B mode {self.wandb!r}; expected one of {list(WANDB_MODES)}")
         if not self.models or not self.seq_lens:
             raise ValueError("give at least one model and one sequence length")
-        unknown = sorted(set(self.models) - set(available_models()))
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; known models: {available_models()}")
+        for name in self.models:
+            lookup(MODELS, name, "model")
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -186,10 +187,7 @@ def model_kwargs(name: str) -> dict[str, str]:
 
 def _build(name: str, hidden_size: int, seq_len: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)  # the same draw as experiments.train, which seeds before building
-    kwargs = model_kwargs(name)
-    if kwargs.get("dt") == "auto":
-        kwargs = {**kwargs, "seq_len": seq_len}
-    return build_model(name, 2, hidden_size, 1, **kwargs)
+    return build_model(name, 2, hidden_size, 1, seq_len=seq_len, **model_kwargs(name))
 
 
 def _train(config: StudyConfig, name: str, seq_len: int, run_root: Path) -> tuple[dict[str, float], dict]:

@@ -47,7 +47,8 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hrnn.models import MODELS, Standardize, available_models, build_model
+from hrnn.models import MODELS, Standardize, build_model
+from hrnn.validation import lookup
 from tasks import build_task
 
 __all__ = [
@@ -110,8 +111,7 @@ class ProbeResult:
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name:key=value,..."`` -> ``(name, {key: value})``; values are YAML scalars."""
     name, _, rest = spec.partition(":")
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} in spec {spec!r}; known models: {available_models()}")
+    lookup(MODELS, name, "model")
     options: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
@@ -161,13 +161,18 @@ def _phase(rnn: nn.Module, seq_len: int) -> float | None:
 def probe(spec: str, seq_len: int, config: ProbeConfig) -> ProbeResult:
     """Draw the layer of ``spec`` untrained, run it over adding sequences of ``seq_len``, fit and score the probe."""
     name, options = parse_spec(spec)
-    kwargs = {**options, "seq_len": seq_len} if options.get("dt") == "auto" else options
     task = build_task(
         "adding", seq_len=seq_len, n_train=config.n_train, n_val=0, n_test=config.n_test, seed=config.seed
     )
     torch.manual_seed(config.seed)  # the layer is drawn first, so its weights do not depend on the head
     model = build_model(
-        name, task.input_size, config.hidden_size, task.output_size, readout="state", **kwargs
+        name,
+        task.input_size,
+        config.hidden_size,
+        task.output_size,
+        readout="state",
+        seq_len=seq_len,
+        **options,
     )
     (x_train, y_train), (x_test, y_test) = _stack(task.train), _stack(task.test)
     mean, scale, weight = fit_ridge(model.selected_features(x_train, config.chunk), y_train, config.ridge)

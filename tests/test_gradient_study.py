@@ -149,7 +149,7 @@ def test_only_hamiltonian_cells_choose_dt_from_the_sequence_length():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"models": ("lstm", "transformer")}, "known models"),
+        ({"models": ("lstm", "transformer")}, "unknown model 'transformer'; known:"),
         ({"seq_lens": (1,)}, "sequence length"),
         ({"train_steps": -1}, "train_steps"),
         ({"wandb": "cloud"}, "W&B mode"),
