@@ -52,6 +52,10 @@ def resolve_mode(mode: str | None = None) -> str:
     return chosen
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def _warn(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=4)
 
@@ -112,7 +116,7 @@ class WandbLogger:
             )
         except Exception as exc:  # any failure to start must leave training running
             then = "trying offline" if mode == "online" else "continuing without W&B logging"
-            _warn(f"W&B could not start in {mode} mode ({type(exc).__name__}: {exc}); {then}")
+            _warn(f"W&B could not start in {mode} mode ({_one_line(exc)}); {then}")
             return None
 
     def _call(self, what: str, log: Callable[[], None]) -> bool:
@@ -121,7 +125,7 @@ class WandbLogger:
             log()
             return True
         except Exception as exc:  # a logging failure must never stop training
-            _warn(f"W&B failed while logging {what} ({type(exc).__name__}: {exc})")
+            _warn(f"W&B failed while logging {what} ({_one_line(exc)})")
             return False
 
     def _abandon(self) -> None:
