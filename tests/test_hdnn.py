@@ -524,6 +524,39 @@ def test_hdnn_mnist_script_learns_real_digits(mnist_dir, capsys, restore_threads
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"test accuracy: {accuracy:.4f}"
 
 
+def test_paper_architecture_applies_the_hdnn_to_every_pixels_channels():
+    config = hdnn_mnist.parse_args(["--preset", "paper", "--depth", "3"])
+    assert (config.architecture, config.channels, config.convention, config.depth) == (
+        "paper",
+        8,
+        "reference",
+        3,
+    )
+    model = hdnn_mnist.ARCHITECTURES["paper"](config).double()
+    x = torch.randn(2, 1, 28, 28, dtype=F64)
+    features = model.conv(x)  # (2, 8, 28, 28)
+    by_pixel = torch.stack(
+        [torch.stack([model.hdnn(features[:, :, i, j]) for j in range(28)], -1) for i in range(28)], -2
+    )
+    torch.testing.assert_close(model(x), model.head(by_pixel.flatten(1)), rtol=0, atol=1e-12)
+
+
+def test_mlp_baseline_is_the_tanh_layer_stack():
+    mlp = hdnn_mnist.TanhMLP(4, 3, bias_std=1.0).double()
+    y0 = torch.randn(5, 4, dtype=F64)
+    y = y0
+    for K, b in zip(mlp.weight, mlp.bias, strict=True):
+        y = torch.tanh(y @ K.T + b)
+    torch.testing.assert_close(mlp(y0), y, rtol=0, atol=1e-15)
+    assert mlp.regularizer(1.0).item() > 0
+
+
+def test_hdnn_mnist_paper_preset_learns_real_digits(mnist_dir, restore_threads):
+    args = ["--preset", "paper", "--data", str(mnist_dir), "--n-train", "1000", "--n-test", "300"]
+    accuracy = hdnn_mnist.main([*args, "--epochs", "2"])
+    assert accuracy >= 0.5  # chance is 0.1
+
+
 def test_hdnn_mnist_script_names_a_missing_data_folder(tmp_path, restore_threads):
     with pytest.raises(DataError, match=r"MNIST folder not found: .*nowhere"):
         hdnn_mnist.main(["--data", str(tmp_path / "nowhere")])
