@@ -63,6 +63,30 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path:
         state["step"] == 6 for state in single["optimizer"]["state"].values()
     )  # 6 Adam updates happened
 
-    # only rank 0 logs and reports: one W&B run, one metrics line
+    # only rank 0 logs and reports: one W&B run, one metrics line, one line per piece of information
     assert len(list((tmp_path / "ddp" / "wandb").glob("offline-run-*"))) == 1
     assert sum(line.startswith("val_loss=") for line in done.stdout.splitlines()) == 1
+    assert sum(line.startswith("INFO experiments.train: run ") for line in done.stderr.splitlines()) == 1
+
+    # a user error that every rank meets is printed once
+    failed = subprocess.run(
+        [
+            *launch,
+            "-m",
+            "experiments.train",
+            "--config",
+            str(config_file),
+            "--name",
+            "bad",
+            "--task-kwargs",
+            "bogus=1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert failed.returncode != 0 and len(errors) == 1, failed.stderr[-3000:]
+    assert "task 'adding' got unknown option(s) ['bogus']" in errors[0]
