@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from .hamiltonians import LogCoshHamiltonian, canonical_j, coupling_j, hdnn_vector_field, j1, j2
 from .integrators import GradientMap, Scheme, State, StepFunction, StepSize, get_scheme
+from .reversible import reversible_integrate
 
 __all__ = [
     "CONVENTIONS",
@@ -605,10 +606,8 @@ class HamiltonianDNN(nn.Module):
         return self._run(y, inverse=True, return_states=False)
 
     def _reversible(self, y: Tensor, return_states: bool):
-        from .reversible import reversible_integrate
-
         self._check_state(y)
-        emit = (lambda k, state: self._from_state(state)) if return_states else None
+        emit = self._from_state if return_states else None
         emitted, state = reversible_integrate(
             self.step,
             self.inverse_step,

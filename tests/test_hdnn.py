@@ -560,3 +560,67 @@ def test_hdnn_mnist_paper_preset_learns_real_digits(mnist_dir, restore_threads):
 def test_hdnn_mnist_script_names_a_missing_data_folder(tmp_path, restore_threads):
     with pytest.raises(DataError, match=r"MNIST folder not found: .*nowhere"):
         hdnn_mnist.main(["--data", str(tmp_path / "nowhere")])
+
+
+def reversible_pair(name: str, depth: int, anchor_every: int | None = None, **kwargs):
+    stored = random_hdnn(name, n=4, depth=depth, t_end=depth / 10, **kwargs)
+    reversible = random_hdnn(
+        name, n=4, depth=depth, t_end=depth / 10, memory="reversible", anchor_every=anchor_every, **kwargs
+    )
+    reversible.load_state_dict(stored.state_dict())
+    return stored, reversible
+
+
+def gradients(model, y0: torch.Tensor, return_states: bool = False):
+    y0 = y0.clone().requires_grad_()
+    out = model(y0, return_states=return_states)
+    loss = out[1].sin().sum() if return_states else out.sin().sum()  # every state's cotangent differs
+    return torch.autograd.grad(loss, [y0, model.weight, model.bias])
+
+
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+@pytest.mark.parametrize(("name", "scheme"), [(name, None) for name in INVERTIBLE] + [("H2", "verlet")])
+def test_reversible_backward_equals_stored_backward(name, scheme, convention):
+    stored, reversible = reversible_pair(name, 40, scheme=scheme, convention=convention)
+    y0 = torch.randn(5, 4, dtype=F64)
+    for expected, found in zip(gradients(stored, y0), gradients(reversible, y0), strict=True):
+        assert expected.abs().max() > 1e-3
+        torch.testing.assert_close(found, expected, rtol=0, atol=1e-10)
+
+
+def test_reversible_states_and_their_gradients_equal_the_stored_ones():
+    stored, reversible = reversible_pair("MS1", 30, anchor_every=7)
+    y0 = torch.randn(3, 4, dtype=F64)
+    torch.testing.assert_close(
+        reversible(y0, return_states=True)[1], stored(y0, return_states=True)[1], rtol=0, atol=0
+    )
+    for expected, found in zip(gradients(stored, y0, True), gradients(reversible, y0, True), strict=True):
+        torch.testing.assert_close(found, expected, rtol=0, atol=1e-10)
+
+
+def saved_bytes(model, y0: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(y0.clone().requires_grad_())
+    return total
+
+
+def activation_bytes(model, batch: int) -> int:
+    """Saved bytes that grow with the batch (the states), not those of the per-layer weights."""
+    y = torch.randn(2 * batch, model.n_features, dtype=F64)
+    return saved_bytes(model, y) - saved_bytes(model, y[:batch])
+
+
+def test_reversible_activation_memory_does_not_grow_with_depth():
+    by_depth = {}
+    for depth in (10, 1000):
+        stored, reversible = reversible_pair("H2", depth)
+        by_depth[depth] = activation_bytes(stored, 256), activation_bytes(reversible, 256)
+    assert by_depth[1000][1] <= 1.2 * by_depth[10][1]
+    assert by_depth[1000][0] > 50 * by_depth[10][0]  # stored: one set of states per layer
