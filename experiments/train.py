@@ -486,7 +486,7 @@ def _logger(
 
 
 def _step(run: _Run, step: int, batch: Any, stop: _StopRequest) -> tuple[float, bool]:
-    """Forward, backward and checks of batch ``step``; returns the loss and whether to stop here.
+    """Forward, backward and checks of batch ``step``; returns the loss and whether any process asked to stop.
 
     Nothing is updated yet, so the state is still the one after ``step`` updates: a checkpoint
     taken now holds a state whose loss and gradient were finite.
@@ -527,7 +527,7 @@ def _loop(run: _Run, stop: _StopRequest) -> tuple[float, float]:
     """Train from ``run.start`` to ``config.steps``; returns the last loss and the loop's seconds."""
     config = run.config
     show = config.progress and run.procs.is_main
-    loss_value = math.nan
+    loss_value, stop_agreed = math.nan, False
     run.model.train()
     started = time.perf_counter()
     with tqdm(
@@ -535,11 +535,14 @@ def _loop(run: _Run, stop: _StopRequest) -> tuple[float, float]:
     ) as bar:
         # batch `step` updates the parameters from `step` to `step + 1` updates done
         for step, batch in enumerate(run.data.loader, start=run.start):
-            rng = capture_rng_state()  # the state a checkpoint of `step` must restore
-            loss_value, stopping = _step(run, step, batch, stop)
+            # every process knew of a stop request since the last step's collective, so all stop here
+            stopping = stop_agreed
+            saving = config.checkpoint_every and step % config.checkpoint_every == 0 and step != run.start
+            rng = capture_rng_state() if saving or stopping else None  # what a checkpoint of `step` restores
+            loss_value, stop_agreed = _step(run, step, batch, stop)
             if stopping:
                 raise TrainingStopped(step, stop.signum or signal.SIGTERM, run.checkpoint(step, rng))
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step != run.start:
+            if saving:
                 run.checkpoint(step, rng)
             run.optimizer.step()
             run.scheduler.step()
