@@ -585,6 +585,14 @@ def _format_metrics(metrics: dict[str, float | None]) -> str:
     return " ".join(f"{key}={math.nan if value is None else value:.6g}" for key, value in metrics.items())
 
 
+#: Fields that change how a run is shown or where it runs, not what it computes.
+_PRESENTATION = ("progress", "wandb", "wandb_project", "num_threads", "num_workers")
+
+
+def _outcome(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if name not in _PRESENTATION}
+
+
 def _finished_metrics(run_dir: Path, resume: dict[str, Any] | None, config: TrainConfig) -> dict | None:
     """The saved metrics of a resumed run that already did its steps (``None``: there is work left).
 
@@ -592,7 +600,7 @@ def _finished_metrics(run_dir: Path, resume: dict[str, Any] | None, config: Trai
     """
     if resume is None or resume["step"] < config.steps:
         return None
-    if dataclasses.asdict(config) != resume["config"]:
+    if _outcome(dataclasses.asdict(config)) != _outcome(resume["config"]):
         raise ConfigError(
             f"--resume: {run_dir} already finished its {resume['step']} steps; to train on, "
             f"resume with --steps above {resume['step']}"
@@ -667,8 +675,8 @@ def _train(
     return metrics
 
 
-#: Exit statuses: 1 for an error, 128 + the signal's number after a stop request (as a shell reports it).
 def _exit_status(exc: BaseException) -> int:
+    """1 for an error; 128 + the signal's number after a stop request, as a shell reports it."""
     return 128 + exc.signum if isinstance(exc, TrainingStopped) else 1
 
 

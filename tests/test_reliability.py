@@ -368,6 +368,10 @@ def test_resuming_a_finished_run_leaves_metrics_json_identical(
     files = {name: (tmp_path / "run" / name).read_bytes() for name in ("metrics.json", CHECKPOINT_NAME)}
     main(["--resume", str(tmp_path / "run")])
     assert capsys.readouterr().out.splitlines()[-1] == first
+    main(["--resume", str(tmp_path / "run"), "--progress", "--num-threads", "2"])  # shown, not computed
+    assert capsys.readouterr().out.splitlines()[-1] == first
+    line = error_line(capsys, ["--resume", str(tmp_path / "run"), "--lr", "0.5"])
+    assert line.endswith("already finished its 3 steps; to train on, resume with --steps above 3")
     assert {name: (tmp_path / "run" / name).read_bytes() for name in files} == files
     json.loads(files["metrics.json"], parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
 
