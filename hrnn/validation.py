@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
-__all__ = ["check_input", "check_positive", "check_size", "check_state", "lookup"]
+__all__ = ["check_input", "check_options", "check_positive", "check_size", "check_state", "lookup"]
 
 V = TypeVar("V")
 
@@ -39,11 +39,20 @@ def check_positive(name: str, value: float) -> float:
     return value
 
 
-def check_input(x: Tensor, input_size: int, expected: dict[int, str], parameter: Tensor) -> None:
+def check_input(
+    x: Tensor,
+    input_size: int,
+    expected: dict[int, str],
+    parameter: Tensor,
+    *,
+    step_dims: tuple[int, ...] | None = None,
+) -> None:
     """Validate an input tensor: floating, of a rank in ``expected`` (rank -> shape description),
-    ``input_size`` features last, at least one step, the dtype and device of ``parameter`` (one of
-    the module's weights). Values are not inspected: reading them would synchronise with the device
-    on every call; a non-finite input gives a non-finite output, as in torch.nn."""
+    ``input_size`` features last, the dtype and device of ``parameter`` (one of the module's
+    weights), and not empty: the dimensions ``step_dims`` must hold at least one step, while the
+    others (the batch) may be empty, as in torch.nn; ``None`` requires every dimension non-empty.
+    Values are not inspected: reading them would synchronise with the device on every call; a
+    non-finite input gives a non-finite output, as in torch.nn."""
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -55,8 +64,10 @@ def check_input(x: Tensor, input_size: int, expected: dict[int, str], parameter:
         raise ValueError(
             f"expected input of shape {shapes} with input_size={input_size}, got shape {tuple(x.shape)}"
         )
-    if x.numel() == 0:
+    if step_dims is None and x.numel() == 0:
         raise ValueError(f"input must hold at least one step and one sequence, got shape {tuple(x.shape)}")
+    if step_dims is not None and any(x.shape[d] == 0 for d in step_dims):
+        raise ValueError(f"input must hold at least one step, got shape {tuple(x.shape)}")
     if x.dtype != parameter.dtype:
         raise TypeError(
             f"input has dtype {x.dtype} but the parameters have dtype {parameter.dtype}; "
@@ -91,3 +102,23 @@ def check_state(
         if part.device != like.device:
             raise ValueError(f"hx part {name} is on {part.device}, the input on {like.device}")
     return parts
+
+
+def check_options(saved: Any, current: Mapping[str, Any], owner: str) -> None:
+    """Check options saved with a module's weights against the module's own (``owner`` names it).
+
+    ``saved`` must be a dict; an option the module has but ``saved`` lacks is accepted (weights
+    saved before the option was recorded), any other difference fails, naming the option and both
+    values."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{owner}: expected the saved options as a dict, got {type(saved).__name__}")
+    for name, value in saved.items():
+        if name not in current:
+            raise ValueError(
+                f"{owner}: the weights were saved with option {name}={value!r}, which it does not have"
+            )
+        if current[name] != value:
+            raise ValueError(
+                f"{owner}: the weights were saved with {name}={value!r} but it has {name}={current[name]!r}; "
+                f"build it with {name}={value!r} to load them"
+            )

@@ -113,7 +113,7 @@ def test_dropout_acts_between_layers_only_in_training():
 @pytest.mark.parametrize("cls", LAYERS)
 def test_double_moves_parameters_and_buffers(cls):
     layer = cls(IN, N).double()
-    assert all(t.dtype == torch.float64 for t in layer.state_dict().values())
+    assert all(t.dtype == torch.float64 for t in (*layer.parameters(), *layer.buffers()))
     output, _ = layer(torch.randn(T, B, IN, dtype=torch.float64))
     assert output.dtype == torch.float64
     assert not any("dt" in name or "epsilon" in name for name, _ in layer.named_parameters())
@@ -122,7 +122,7 @@ def test_double_moves_parameters_and_buffers(cls):
 @pytest.mark.parametrize("cls", LAYERS)
 def test_device_move_takes_buffers_along_and_mismatched_input_fails_clearly(cls):
     layer = cls(IN, N).to("meta")
-    assert all(t.device.type == "meta" for t in layer.state_dict().values())
+    assert all(t.device.type == "meta" for t in (*layer.parameters(), *layer.buffers()))
     with pytest.raises(ValueError, match="input is on cpu but the parameters are on meta"):
         layer(torch.randn(T, B, IN))
 

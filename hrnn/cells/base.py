@@ -18,6 +18,13 @@ States are tuples of ``(batch, hidden_size)`` tensors named by ``state_names``. 
 declares what it supports in ``capabilities`` (:class:`Capabilities`), which the model registry
 (:func:`hrnn.models.capabilities`) exposes.
 
+**Options saved with the weights.** ``function_options()`` returns the options that change the
+function the parameters compute and that no parameter or buffer holds (e.g. the integration
+scheme), as plain python values. They travel in the ``state_dict`` as the cell's extra state, so
+``torch.load(weights_only=True)`` reads them, and ``load_state_dict`` refuses weights saved with
+other values, naming the option and both values, before it copies any of the cell's tensors.
+Weights saved without them (older checkpoints) still load.
+
 Initialisation (``reset_parameters``, one per cell): the input projection of every cell is
 drawn from :math:`\mathcal N(0, 1/\text{input\_size})` with zero bias, so a unit-variance input
 gives a unit-variance drive :math:`u_t`; the recurrent weights are documented per cell.
@@ -26,13 +33,13 @@ gives a unit-variance drive :math:`u_t`; the recurrent weights are documented pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from ..validation import check_input, check_size, check_state
+from ..validation import check_input, check_options, check_size, check_state
 
 __all__ = ["Capabilities", "RecurrentCell", "State", "state_parts"]
 
@@ -81,6 +88,7 @@ class RecurrentCell(nn.Module):
             torch.empty(self.gates * hidden_size, input_size, device=device, dtype=dtype)
         )
         self.bias_ih = Parameter(torch.empty(self.gates * hidden_size, device=device, dtype=dtype))
+        self.register_load_state_dict_pre_hook(_check_saved_options)
 
     def reset_parameters(self) -> None:
         """Input projection :math:`\\mathcal N(0, 1/\\text{input\\_size})`, zero bias."""
@@ -91,6 +99,18 @@ class RecurrentCell(nn.Module):
     def symplectic(self) -> bool:
         """Whether one step is a symplectic map of the state (p, q)."""
         return False
+
+    def function_options(self) -> dict[str, Any]:
+        """Options that change the function and live in no parameter or buffer (plain python
+        values, saved in the ``state_dict``); a cell that has such options overrides this."""
+        return {}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"function_options": self.function_options()}
+
+    def set_extra_state(self, state: Any) -> None:
+        # the options are fixed at construction: loading only checks that they agree
+        _check_extra_state(state, self.function_options(), type(self).__name__)
 
     def project(self, x: Tensor) -> Tensor:
         """:math:`u = x W_{ih}^\\top + b_{ih}`: (..., input_size) -> (..., gates * hidden_size)."""
@@ -145,10 +165,26 @@ class RecurrentCell(nn.Module):
 
     def _validate_step(self, input: Tensor, hx: Tensor | State | None) -> bool:
         expected = {2: "(batch, input_size)", 1: "(input_size,)"}
-        check_input(input, self.input_size, expected, self.weight_ih)
+        check_input(input, self.input_size, expected, self.weight_ih, step_dims=())
         shape = (*input.shape[:-1], self.hidden_size)
         check_state(hx, self.state_names, shape, input)
         return input.dim() == 2
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
+
+
+def _check_extra_state(state: Any, current: dict[str, Any], owner: str) -> None:
+    if not isinstance(state, dict) or "function_options" not in state:
+        raise ValueError(f"{owner}: expected extra state {{'function_options': {{...}}}}, got {state!r}")
+    check_options(state["function_options"], current, owner)
+
+
+def _check_saved_options(cell: RecurrentCell, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Load pre-hook: check the saved options before any tensor of ``cell`` is copied, and accept
+    a ``state_dict`` saved without them (older checkpoints) as having the cell's own."""
+    key = prefix + "_extra_state"
+    if key not in state_dict:
+        state_dict[key] = cell.get_extra_state()
+    owner = f"{prefix.rstrip('.')} ({type(cell).__name__})" if prefix else type(cell).__name__
+    _check_extra_state(state_dict[key], cell.function_options(), owner)
