@@ -8,18 +8,18 @@ Usage::
 * **speed**: forward + backward time of one batch (loss ``output.sum()``) at hidden 128, batch 64,
   T = 1000 and 10,000 for nn.LSTM and the LinOSS variants of :data:`VARIANTS`. The layers are
   timed in turn, ``--repeats`` rounds, and each keeps its fastest round (background load slows a
-  round, never speeds it up); the load average (``uptime``) is printed before and after.
+  round, never speeds it up), by wall clock and by the thread's CPU time; the load average
+  (``uptime``) is printed before and after.
 * **memory** at T = 100,000, batch 8: one forward + backward of the default layer in a fresh
-  subprocess, reporting the process's peak resident memory (``ru_maxrss``) less that of the same
-  process before the pass, and the exact peak of tensor memory beyond input and parameters
-  (:class:`experiments.memory.LiveBytes`).
+  subprocess, reporting the process's peak resident memory (``VmHWM``, Linux) and its growth over
+  the resident memory before the pass, and the exact peak of tensor memory beyond input and
+  parameters (:class:`experiments.memory.LiveBytes`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -52,18 +52,21 @@ def build_layers(input_size: int, hidden: int, chunks: Sequence[int]) -> dict[st
     return layers
 
 
-def time_layers(layers: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
-    """Fastest forward + backward time (s) of each layer over ``repeats`` interleaved rounds."""
+def time_layers(layers: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, tuple[float, float]]:
+    """Fastest forward + backward (wall-clock s, CPU s of this thread) of each layer over ``repeats``
+    interleaved rounds. On a shared machine the CPU time is the steadier of the two: it leaves out
+    the time the process waits for a core (memory-bandwidth contention still counts)."""
     for layer in layers.values():
         forward_backward(layer, x[:20])
-    best = dict.fromkeys(layers, float("inf"))
+    wall, cpu = dict.fromkeys(layers, float("inf")), dict.fromkeys(layers, float("inf"))
     for _ in range(repeats):
         for label, layer in layers.items():
             layer.zero_grad(set_to_none=True)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             forward_backward(layer, x)
-            best[label] = min(best[label], time.perf_counter() - start)
-    return best
+            cpu[label] = min(cpu[label], time.thread_time() - start_cpu)
+            wall[label] = min(wall[label], time.perf_counter() - start)
+    return {label: (wall[label], cpu[label]) for label in layers}
 
 
 def uptime() -> str:
@@ -76,30 +79,45 @@ def speed_table(args: argparse.Namespace) -> list[dict[str, Any]]:
         layers = build_layers(args.input_size, args.hidden, args.chunks)
         x = torch.randn(seq_len, args.batch, args.input_size)
         times = time_layers(layers, x, args.repeats)
-        for label, seconds in times.items():
-            ratio = seconds / times[REFERENCE]
-            rows.append({"model": label, "seq_len": seq_len, "seconds": seconds, "ratio_to_lstm": ratio})
-            print(f"T={seq_len:>6} {label:<16} {seconds:8.3f} s  {ratio:6.3f}x LSTM", flush=True)
+        for label, (wall, cpu) in times.items():
+            ratio, cpu_ratio = wall / times[REFERENCE][0], cpu / times[REFERENCE][1]
+            rows.append({"model": label, "seq_len": seq_len, "seconds": wall, "cpu_seconds": cpu})
+            rows[-1] |= {"ratio_to_lstm": ratio, "cpu_ratio_to_lstm": cpu_ratio}
+            print(
+                f"T={seq_len:>6} {label:<16} wall {wall:7.3f} s ({ratio:5.3f}x LSTM)   "
+                f"cpu {cpu:7.3f} s ({cpu_ratio:5.3f}x LSTM)",
+                flush=True,
+            )
     return rows
 
 
+def _resident_bytes(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc (Linux). ``ru_maxrss`` would
+    not do: after fork + exec it keeps the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) * 1024.0
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def memory_child(seq_len: int, batch: int, input_size: int, hidden: int) -> dict[str, float]:
-    """In this process: peak RSS growth and peak tensor memory of one forward + backward."""
+    """In this process: peak resident memory and peak tensor memory of one forward + backward."""
     layer = LinOSSRNN(input_size, hidden)
     x = torch.randn(seq_len, batch, input_size)
     forward_backward(layer, x[:20])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    before = _resident_bytes("VmRSS")
     start = time.perf_counter()
     forward_backward(layer, x)
     seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    peak = _resident_bytes("VmHWM")
     output_bytes = seq_len * batch * hidden * x.element_size()
     return {
         "seq_len": seq_len,
         "batch": batch,
         "seconds": seconds,
-        "rss_peak_growth_gib": (after - before) / GIB,
-        "rss_peak_gib": after / GIB,
+        "rss_peak_growth_gib": (peak - before) / GIB,
+        "rss_peak_gib": peak / GIB,
         "tensor_peak_gib": peak_bytes(layer, x) / GIB,
         "output_gib": output_bytes / GIB,
     }

@@ -51,15 +51,17 @@ __all__ = [
     "reference_scan",
 ]
 
-# Chunk length of the fast path: the Toeplitz multiply costs O(L) flops per step and the carry
-# T / L sequential steps; 32 (so 25 at T = 1000 and 10,000, see chunk_length) was the fastest on
-# one CPU thread (experiments/benchmark_linoss.py --chunks).
-DEFAULT_CHUNK = 32
+# Chunk length of the fast path (the upper end: chunk_length picks a divisor of T up to half of
+# it): the Toeplitz multiply costs O(L) flops per step and the carry T / L sequential steps. On
+# one CPU thread (hidden 128, batch 64) chunks 20-64 timed within noise of each other at T = 1000
+# and 10,000 (experiments/benchmark_linoss.py --chunks); 24 was among the fastest at both.
+DEFAULT_CHUNK = 24
 
 # A layer runs its whole pipeline (input projection, scan, read-out) block by block, each block
-# about this many elements per (P, batch, steps) tensor, so that a block's intermediates stay in
-# cache between the operations instead of streaming through memory (measured in
-# experiments/benchmark_linoss.py --block-elements).
+# about this many elements per (P, batch, steps) tensor, so that a block's intermediates are
+# reused from cache instead of streaming through memory between operations: on one CPU thread at
+# T = 1000 the unblocked pipeline took 1.4x the time of blocks of 2**18 to 2**21 elements, which
+# timed within noise of each other.
 BLOCK_ELEMENTS = 2**20
 
 
@@ -104,12 +106,13 @@ def matrix_powers(m: Tensor, n: int) -> Tensor:
 
 def chunk_length(seq_len: int, chunk: int) -> int:
     """The chunk length for ``seq_len`` steps: ``seq_len`` itself if it is at most ``chunk``, else
-    the largest divisor of ``seq_len`` in ``[chunk / 2, chunk]`` (no padding), else ``chunk`` (the
-    last chunk padded)."""
+    the largest divisor of ``seq_len`` in ``[chunk / 2, chunk]`` (no padding; a multiple of 8 if
+    there is one, which the batched multiplies run fastest at), else ``chunk`` (the last chunk
+    padded)."""
     if seq_len <= chunk:
         return seq_len
     divisors = [n for n in range(chunk, (chunk - 1) // 2, -1) if seq_len % n == 0]
-    return divisors[0] if divisors else chunk
+    return max(divisors, key=lambda n: (n % 8 == 0, n)) if divisors else chunk
 
 
 def block_steps(length: int, batch: int, oscillators: int) -> int:
@@ -181,8 +184,7 @@ class _ChunkedScan(torch.autograd.Function):
         rows = w.reshape(p, b * n, length)
         y = torch.bmm(rows, toeplitz)
         starts, end = _carry(torch.bmm(ends, rows.transpose(1, 2)).view(p, 2, b, n), m_chunk, s0)
-        for part in range(2):
-            y.addcmul_(starts[:, part].reshape(p, b * n, 1), free[:, None, part])
+        y.baddbmm_(starts.view(p, 2, b * n).transpose(1, 2), free)
         ctx.save_for_backward(w, toeplitz, ends, free, m_chunk, starts)
         return y.view(p, b, n, length), starts, end
 
@@ -199,9 +201,7 @@ class _ChunkedScan(torch.autograd.Function):
         grad_end = torch.zeros_like(starts[..., 0]) if grad_end is None else grad_end
         grad_ends, grad_m, grad_s0 = _carry_adjoint(grad_s, grad_end, starts, m_chunk)
         grad_ends = grad_ends.view(p, 2, b * n)
-        grad_w = torch.bmm(grad_y, toeplitz.transpose(1, 2))
-        for part in range(2):
-            grad_w.addcmul_(grad_ends[:, part, :, None], ends[:, None, part])
+        grad_w = torch.bmm(grad_y, toeplitz.transpose(1, 2)).baddbmm_(grad_ends.transpose(1, 2), ends)
         grad_toeplitz = grad_ends_kernel = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             grad_toeplitz = torch.bmm(rows.transpose(1, 2), grad_y)

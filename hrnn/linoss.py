@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -57,8 +57,8 @@ from .linear_scan import (
     oscillator_transition,
     reference_scan,
 )
-from .rnn import HiddenState, RecurrentLayer
-from .validation import check_input, check_size, check_state, lookup
+from .rnn import RecurrentLayer
+from .validation import check_options, check_size, lookup
 
 __all__ = ["DISCRETIZATIONS", "Discretization", "LinOSSCell", "LinOSSRNN"]
 
@@ -153,6 +153,21 @@ class LinOSSCell(nn.Module):
         nn.init.uniform_(self.B, -(self.input_size**-0.5), self.input_size**-0.5)
         nn.init.uniform_(self.C, -(self.num_oscillators**-0.5), self.num_oscillators**-0.5)
         nn.init.normal_(self.D, std=1.0 if self.D.dim() == 1 else self.input_size**-0.5)
+
+    def function_options(self) -> dict[str, Any]:
+        """The option that changes the function and lives in no parameter: the discretisation
+        (saved in the ``state_dict``; loading weights saved with another one fails, naming it)."""
+        return {"discretization": self.discretization.name}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"function_options": self.function_options()}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "function_options" not in state:
+            raise ValueError(
+                f"{type(self).__name__}: expected extra state {{'function_options': ...}}, got {state!r}"
+            )
+        check_options(state["function_options"], self.function_options(), type(self).__name__)
 
     @property
     def damping(self) -> bool:
@@ -249,7 +264,8 @@ class LinOSSRNN(RecurrentLayer):
     stack (:class:`hrnn.blocks.ResidualStack` adds the norm / GELU / GLU / residual blocks).
 
     Args:
-        input_size, hidden_size, num_layers, batch_first, dropout: as :class:`torch.nn.LSTM`.
+        input_size, hidden_size, num_layers, batch_first, dropout, bidirectional: as
+            :class:`torch.nn.LSTM`.
         num_oscillators: P per layer (default ``hidden_size``).
         discretization: ``"imex"`` (symplectic, default) or ``"im"`` (:data:`DISCRETIZATIONS`).
         damping: learn a damping G >= 0 per oscillator (D-LinOSS).
@@ -260,9 +276,10 @@ class LinOSSRNN(RecurrentLayer):
     Shape:
         x: (T, batch, input_size), (batch, T, input_size) with ``batch_first``, or (T, input_size).
         hx, h_n: a tuple ``(z, y)`` -- velocity and position of the oscillators -- each
-        (num_layers, batch, P) or (num_layers, P) unbatched; ``hx=None`` means zeros.
-        output: :math:`C y_t + D u_t` of the last layer, (T, batch, hidden_size),
-        (batch, T, hidden_size) or (T, hidden_size).
+        (D * num_layers, batch, P) or (D * num_layers, P) unbatched, D = 2 with
+        ``bidirectional``, else 1; ``hx=None`` means zeros.
+        output: :math:`C y_t + D u_t` of the last layer (a read-out, not a part of the state),
+        (T, batch, D * hidden_size), (batch, T, D * hidden_size) or (T, D * hidden_size).
     """
 
     cell_class = LinOSSCell
@@ -274,6 +291,7 @@ class LinOSSRNN(RecurrentLayer):
         num_layers: int = 1,
         batch_first: bool = False,
         dropout: float = 0.0,
+        bidirectional: bool = False,
         *,
         num_oscillators: int | None = None,
         discretization: str = "imex",
@@ -285,18 +303,13 @@ class LinOSSRNN(RecurrentLayer):
     ) -> None:
         options = {"num_oscillators": num_oscillators, "discretization": discretization, "damping": damping}
         options |= {"fast": fast, "chunk": chunk, "device": device, "dtype": dtype}
-        super().__init__(input_size, hidden_size, num_layers, batch_first, dropout, **options)
+        super().__init__(input_size, hidden_size, num_layers, batch_first, dropout, bidirectional, **options)
 
     @property
     def num_oscillators(self) -> int:
         return self.cells[0].num_oscillators
 
-    def _validate(self, x: Tensor, hx: HiddenState | None) -> bool:
-        """Check ``x`` and ``hx`` before any numerics; returns whether ``x`` is batched."""
-        batched_layout = "(batch, T, input_size)" if self.batch_first else "(T, batch, input_size)"
-        expected = {3: batched_layout, 2: "(T, input_size) unbatched"}
-        check_input(x, self.input_size, expected, self.cells[0].B)
-        batched = x.dim() == 3
-        batch = (x.shape[0 if self.batch_first else 1],) if batched else ()
-        check_state(hx, self.state_names, (self.num_layers, *batch, self.num_oscillators), x)
-        return batched
+    @property
+    def state_size(self) -> int:
+        """Features of each state part: the oscillators P."""
+        return self.num_oscillators

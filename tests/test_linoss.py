@@ -127,7 +127,8 @@ def test_matrix_powers_are_repeated_products():
 
 
 @pytest.mark.parametrize(
-    ("seq_len", "chunk", "expected"), [(5, 32, 5), (1000, 32, 25), (257, 32, 32), (64, 32, 32)]
+    ("seq_len", "chunk", "expected"),
+    [(5, 32, 5), (1000, 32, 25), (10_000, 32, 16), (257, 32, 32), (64, 32, 32)],
 )
 def test_chunk_length_divides_when_it_can(seq_len, chunk, expected):
     assert chunk_length(seq_len, chunk) == expected
@@ -219,6 +220,23 @@ def test_feedthrough_is_diagonal_when_widths_match():
     assert layer.cells[1].D.shape == (4,)
 
 
+def test_weights_of_another_discretization_are_refused():
+    state = LinOSSRNN(3, 4, discretization="im").state_dict()
+    with pytest.raises(ValueError, match="discretization='im'"):
+        LinOSSRNN(3, 4).load_state_dict(state)
+    LinOSSRNN(3, 4, discretization="im").load_state_dict(state)
+
+
+def test_bidirectional_runs_the_reversed_sequence():
+    layer = LinOSSRNN(3, 4, bidirectional=True, dtype=F64)
+    x = torch.randn(9, 2, 3, dtype=F64)
+    output, (z_n, _) = layer(x)
+    assert output.shape == (9, 2, 8) and z_n.shape == (2, 2, 4)
+    backward = LinOSSRNN(3, 4, dtype=F64)
+    backward.cells[0].load_state_dict(layer.cells[1].state_dict())
+    torch.testing.assert_close(output[..., 4:], backward(x.flip(0))[0].flip(0), rtol=1e-12, atol=1e-12)
+
+
 def test_bad_input_fails_clearly():
     layer = LinOSSRNN(3, 4, num_oscillators=5)
     with pytest.raises(ValueError, match="input_size=3"):
@@ -243,3 +261,14 @@ def test_bad_input_fails_clearly():
             torch.zeros(2, 1),
             seq_len=5,
         )
+
+
+def test_benchmark_script_times_every_variant_and_measures_memory():
+    from experiments import benchmark_linoss
+
+    argv = ["--seq-len", "30", "--hidden", "4", "--batch", "2", "--input-size", "3", "--repeats", "1"]
+    rows = benchmark_linoss.main([*argv, "--chunks", "8", "--skip-memory"])["speed"]
+    assert [r["model"] for r in rows] == ["lstm", *benchmark_linoss.VARIANTS, "linoss_chunk8"]
+    assert all(r["seconds"] > 0 and r["cpu_ratio_to_lstm"] > 0 for r in rows)
+    memory = benchmark_linoss.memory_child(seq_len=500, batch=2, input_size=3, hidden=4)
+    assert memory["tensor_peak_gib"] >= memory["output_gib"] > 0  # the output is alive at the peak
