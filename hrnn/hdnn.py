@@ -56,6 +56,7 @@ __all__ = [
     "FIELDS",
     "HDNN_VARIANTS",
     "J_MATRICES",
+    "MEMORY_MODES",
     "PLACEMENTS",
     "Convention",
     "Field",
@@ -163,7 +164,7 @@ class Field:
 
     name: str
     equation: str
-    full: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    full: Callable[..., Tensor]
     split: SplitMaps
     uses_j: bool
 
@@ -500,7 +501,10 @@ class HamiltonianDNN(nn.Module):
     def reset_parameters(self) -> None:
         r"""Raw weights :math:`\sim \mathcal N(0, \mathrm{init\_std}^2)`, biases :math:`\sim \mathcal N(0, \mathrm{bias\_std}^2)`."""
         nn.init.normal_(self.weight, std=self.init_std)
-        nn.init.normal_(self.bias, std=self.bias_std)
+        if self.bias_std:
+            nn.init.normal_(self.bias, std=self.bias_std)
+        else:  # draws nothing: seeded runs with zero biases keep their random stream
+            nn.init.zeros_(self.bias)
 
     def layer_weights(self) -> Tensor:
         """Every layer's structured (and masked) :math:`K_j`, shape (depth, n, n)."""
