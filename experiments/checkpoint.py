@@ -59,7 +59,11 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
 
 
 def _check_finite(state: dict[str, Any]) -> None:
-    bad = [name for name, value in state.get("model", {}).items() if not torch.isfinite(value).all()]
+    # a state_dict also holds modules' extra state (plain options), which has nothing to check
+    tensors = {
+        name: value for name, value in state.get("model", {}).items() if isinstance(value, torch.Tensor)
+    }
+    bad = [name for name, value in tensors.items() if not torch.isfinite(value).all()]
     if bad:
         raise NonFiniteStateError(f"the model state holds NaN/Inf in {bad}; the previous checkpoint is kept")
 

@@ -99,12 +99,15 @@ class TrainConfig:
     # task: tasks.build_task(task, seed=seed, **task_kwargs)
     task: str = "adding"
     task_kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TASK_KWARGS["adding"]))
-    # model: hrnn.models.build_model(model, ..., hidden_size, num_layers=..., **model_kwargs)
+    # model: hrnn.models.build_model(model, ..., hidden_size, num_blocks=..., num_layers=..., **model_kwargs)
+    # num_blocks: residual blocks (hrnn.blocks); 0 = the bare layer of num_layers cells
     model: str = "hamiltonian"
     hidden_size: int = 64
+    num_blocks: int = 2
     num_layers: int = 1
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    # head: readout None = the task's ("last" or "sequence"); "state" reads the final (p, q) / (h, c).
+    # head: readout None = the task's: "sequence" for per-step targets, else "mean" over time for
+    # classification and "last" for regression; "state" reads the final (p, q) / (h, c).
     # standardize: fixed (f - mean) / std before the head, measured on the first training samples.
     # freeze_layer: train the head only (the recurrent layer keeps its initial weights).
     readout: str | None = None

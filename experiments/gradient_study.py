@@ -187,7 +187,8 @@ def model_kwargs(name: str) -> dict[str, str]:
 
 def _build(name: str, hidden_size: int, seq_len: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)  # the same draw as experiments.train, which seeds before building
-    return build_model(name, 2, hidden_size, 1, seq_len=seq_len, **model_kwargs(name))
+    # the study measures the recurrence itself: one bare layer, no residual blocks
+    return build_model(name, 2, hidden_size, 1, num_blocks=0, seq_len=seq_len, **model_kwargs(name))
 
 
 def _train(config: StudyConfig, name: str, seq_len: int, run_root: Path) -> tuple[dict[str, float], dict]:
@@ -203,6 +204,7 @@ def _train(config: StudyConfig, name: str, seq_len: int, run_root: Path) -> tupl
             },
             "model": name,
             "hidden_size": config.hidden_size,
+            "num_blocks": 0,
             "model_kwargs": model_kwargs(name),
             "lr": config.lr,
             "lr_schedule": "constant",

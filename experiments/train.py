@@ -280,10 +280,21 @@ def _data(config: TrainConfig, procs: Processes, device: torch.device, start: in
 # ----------------------------------------------------------------------------- model
 
 
+#: The read-out of a task with one target per sequence, by objective, when the config names none:
+#: a class is a property of the whole sequence; the adding problem's target is asked at its end.
+DEFAULT_READOUTS = {"classification": "mean", "regression": "last"}
+#: Read-outs that fit a task with one target per sequence.
+PER_SEQUENCE_READOUTS = ("mean", "last", "state")
+
+
 def _readout(config: TrainConfig, task: Task) -> str:
-    """The model's read-out: the task's, or ``"state"`` in place of a task's ``"last"``."""
-    readout = config.readout or task.readout
-    if readout != task.readout and not (readout == "state" and task.readout == "last"):
+    """The model's read-out: the config's, else the task's default (:data:`DEFAULT_READOUTS`)."""
+    if task.readout == "sequence":
+        fitting, default = ("sequence",), "sequence"
+    else:
+        fitting, default = PER_SEQUENCE_READOUTS, DEFAULT_READOUTS[task.objective]
+    readout = config.readout or default
+    if readout not in fitting:
         raise ValueError(
             f"readout {readout!r} does not fit task {task.name!r}, whose targets need readout {task.readout!r}"
         )
@@ -291,18 +302,17 @@ def _readout(config: TrainConfig, task: Task) -> str:
 
 
 def _build_model(config: TrainConfig, task: Task) -> nn.Module:
-    kwargs = dict(config.model_kwargs)
-    if kwargs.get("dt") == "auto":
-        kwargs.setdefault("seq_len", task.seq_len)
     model = build_model(
         config.model,
         task.input_size,
         config.hidden_size,
         task.output_size,
+        num_blocks=config.num_blocks,
         num_layers=config.num_layers,
+        seq_len=task.seq_len,
         readout=_readout(config, task),
         standardize=config.standardize,
-        **kwargs,
+        **config.model_kwargs,
     )
     if config.freeze_layer:
         model.rnn.requires_grad_(False)

@@ -63,6 +63,10 @@ def run_stepwise(rnn: nn.Module, x: Tensor, hook: StateHook | None = None) -> tu
     (the last layer's emitted part), so it sees the hook too.
     Returns ``(output (batch, T, hidden_size), final state parts)``.
     """
+    if getattr(rnn, "bidirectional", False):
+        raise ValueError(
+            "run_stepwise needs a unidirectional layer: a bidirectional one reads the whole sequence"
+        )
     # hrnn layers name their emitted part; torch's RNN / GRU / LSTM emit h, their first part.
     emitted = getattr(rnn, "output_index", 0)
     with torch.no_grad():  # one throw-away step tells the form of the state (hx=None means zeros)
@@ -72,11 +76,15 @@ def run_stepwise(rnn: nn.Module, x: Tensor, hook: StateHook | None = None) -> tu
         state = hook(0, state)
     outputs = []
     for t in range(x.shape[1]):
-        _, h = rnn(_step_input(rnn, x, t), _pack(state))
+        step = _step_input(rnn, x, t)
+        _, h = rnn(step, _pack(state))
         state = state_parts(h)
         if hook is not None:
             state = hook(t + 1, state)
-        outputs.append(state[emitted][-1])
+        if emitted is None:  # a residual stack emits a function of its states (hrnn.blocks)
+            outputs.append(rnn.output_from_states(step, _pack(state))[:, -1])
+        else:
+            outputs.append(state[emitted][-1])
     return torch.stack(outputs, dim=1), state
 
 
@@ -133,7 +141,8 @@ def initial_gradient_profile(
 ) -> Tensor:
     r""":math:`\|dL/dh_t\| / \|dL/dh_T\|` for ``t = 0..T`` of a freshly initialised model, float64.
 
-    The model is ``build_model(name, input_size, hidden_size, 1, **model_kw)`` drawn after
+    The model is ``build_model(name, input_size, hidden_size, 1, num_blocks=0, readout="last",
+    **model_kw)`` (the bare layer, unless ``model_kw`` says otherwise) drawn after
     ``torch.manual_seed(seed)``; the input is standard normal (batch_size, seq_len, input_size),
     the loss the MSE of the last-step read-out to standard normal targets. ``dt="auto"`` in
     ``model_kw`` is resolved for ``seq_len``. Entry 0 is the ratio
@@ -142,7 +151,7 @@ def initial_gradient_profile(
     if model_kw.get("dt") == "auto":
         model_kw["seq_len"] = seq_len
     torch.manual_seed(seed)
-    model = build_model(name, input_size, hidden_size, 1, **model_kw)
+    model = build_model(name, input_size, hidden_size, 1, **{"num_blocks": 0, "readout": "last", **model_kw})
     x = torch.randn(batch_size, seq_len, input_size)
     y = torch.randn(batch_size, 1)
     norms = hidden_state_gradient_norms(model, x, y, torch.nn.functional.mse_loss).double()

@@ -1,10 +1,15 @@
-r"""Sequence models for every registry name: a recurrent layer and a linear read-out.
+r"""Sequence models for every registry name: residual blocks of a recurrent layer and a linear read-out.
 
 ``build_model(name, input_size, hidden_size, output_size)`` returns a :class:`SequenceModel`
-taking batch-first input (batch, T, input_size) and returning (batch, output_size) from the last
-step's output (``readout="last"``), from the last layer's whole final state (``readout="state"``:
-``(p_T, q_T)`` of a Hamiltonian layer, ``(h_T, c_T)`` of an LSTM), or (batch, T, output_size)
-from every step's output (``readout="sequence"``, for sequence-to-sequence tasks).
+taking batch-first input (batch, T, input_size): by default a :class:`hrnn.blocks.ResidualStack`
+of two blocks (LayerNorm -> the registry layer -> GELU -> GLU -> residual) whose outputs are
+averaged over time (``readout="mean"``); ``num_blocks=0`` gives the bare layer of the seed papers.
+The head maps to (batch, output_size) from the mean over time, from the last step's output
+(``readout="last"``), from the last layer's whole final state (``readout="state"``:
+``(p_T, q_T)`` of a Hamiltonian layer, ``(h_T, c_T)`` of an LSTM), or to (batch, T, output_size)
+from every step's output (``readout="sequence"``, for sequence-to-sequence tasks). The same
+architecture and defaults serve every registry name, baselines included, so models compare on
+their recurrence alone.
 
 ``standardize=True`` puts a fixed affine map :math:`(f - \mu) / \sigma` between the selected
 features and the head, with :math:`\mu, \sigma` measured on data by
@@ -21,7 +26,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .blocks import ResidualStack
 from .cells import Capabilities, State, check_input, state_parts
+from .linoss import LinOSSRNN
 from .rnn import LEMRNN, AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
 from .validation import lookup
 
@@ -46,6 +53,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "antisymmetric": AntisymmetricRNN,
     "gated_antisymmetric": GatedAntisymmetricRNN,
     "lem": LEMRNN,
+    "linoss": LinOSSRNN,
     "lstm": nn.LSTM,
     "gru": nn.GRU,
     "rnn": nn.RNN,
@@ -69,6 +77,10 @@ def _last_step(output: Tensor, state: Tensor | State | None) -> Tensor:
     return output[:, -1]
 
 
+def _mean_over_time(output: Tensor, state: Tensor | State | None) -> Tensor:
+    return output.mean(1)
+
+
 def _every_step(output: Tensor, state: Tensor | State | None) -> Tensor:
     return output
 
@@ -81,6 +93,7 @@ def _final_state(output: Tensor, state: Tensor | State | None) -> Tensor:
 
 #: Read-out name -> what the head sees, from the layer's ``(output (batch, T, hidden), h_n)``.
 READOUTS: dict[str, Callable[[Tensor, Tensor | State | None], Tensor]] = {
+    "mean": _mean_over_time,
     "last": _last_step,
     "state": _final_state,
     "sequence": _every_step,
@@ -131,13 +144,13 @@ def _state_part_count(rnn: nn.Module, like: Tensor) -> int:
 class SequenceModel(nn.Module):
     """A batch-first recurrent layer ``rnn`` followed by a linear ``head`` on its outputs.
 
-    Shape: x (batch, T, input_size) -> (batch, output_size) for ``readout="last"`` or
+    Shape: x (batch, T, input_size) -> (batch, output_size) for ``readout="mean"``, ``"last"`` or
     ``"state"``, (batch, T, output_size) for ``readout="sequence"``. With ``standardize`` the
     head's input passes through :class:`Standardize` (call :meth:`calibrate` before training).
     """
 
     def __init__(
-        self, rnn: nn.Module, output_size: int, readout: str = "last", standardize: bool = False
+        self, rnn: nn.Module, output_size: int, readout: str = "mean", standardize: bool = False
     ) -> None:
         super().__init__()
         lookup(READOUTS, readout, "readout")
@@ -197,24 +210,41 @@ def build_model(
     hidden_size: int,
     output_size: int,
     *,
+    num_blocks: int = 2,
     num_layers: int = 1,
-    readout: str = "last",
+    readout: str = "mean",
     standardize: bool = False,
     seq_len: int | None = None,
-    **cell_kw,
+    **layer_kw,
 ) -> SequenceModel:
-    """A :class:`SequenceModel` with the layer registered as ``name`` (see :func:`available_models`).
+    """A :class:`SequenceModel` of the layer registered as ``name`` (see :func:`available_models`).
 
-    ``cell_kw`` go to the layer: ``dropout``, ``device``, ``dtype`` and the cell's options (``dt``,
-    ``scheme``, ``alpha``, ``gamma``, ``epsilon``, ... for the hrnn cells; torch's
-    own keyword arguments, e.g. ``nonlinearity``, for ``lstm`` / ``gru`` / ``rnn``). The head
-    follows the layer's dtype and device.
+    With ``num_blocks >= 1`` (default 2) the model is a :class:`hrnn.blocks.ResidualStack` of that
+    many blocks, each holding a ``name`` layer of ``num_layers`` cells of width ``hidden_size``;
+    ``num_blocks=0`` is the bare layer with the head on its outputs, as in the seed papers.
+    ``layer_kw`` go to every layer: ``dropout`` (on each block's update, or between the bare
+    layer's cells), ``device``, ``dtype`` and the cell's options (``dt``, ``scheme``, ``alpha``, ...
+    for the hrnn cells; torch's own keyword arguments, e.g. ``nonlinearity``, for ``lstm`` /
+    ``gru`` / ``rnn``). The head follows the layer's dtype and device.
 
     ``seq_len`` (the sequence length the model will see) goes only to the layers that choose their
     step size from it (``capabilities(name).auto_dt``, used with ``dt="auto"``); others ignore it.
     """
     layer_class = lookup(MODELS, name, "model")
     if seq_len is not None and capabilities(name).auto_dt:
-        cell_kw["seq_len"] = seq_len
-    rnn = layer_class(input_size, hidden_size, num_layers=num_layers, batch_first=True, **cell_kw)
+        layer_kw["seq_len"] = seq_len
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
+        raise ValueError(f"num_blocks must be an int >= 0, got {num_blocks!r}")
+    if num_blocks == 0:
+        rnn = layer_class(input_size, hidden_size, num_layers=num_layers, batch_first=True, **layer_kw)
+    else:
+        rnn = ResidualStack(
+            layer_class,
+            input_size,
+            hidden_size,
+            num_blocks,
+            batch_first=True,
+            num_layers=num_layers,
+            **layer_kw,
+        )
     return SequenceModel(rnn, output_size, readout, standardize)

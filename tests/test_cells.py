@@ -66,7 +66,7 @@ def test_euler_scheme_step_is_not_symplectic():
 
 @pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet", "euler"])
 def test_hamiltonian_step_matches_log_cosh_equations(scheme):
-    cell = HamiltonianCell(IN, N, dt=0.3, scheme=scheme, dtype=torch.float64)
+    cell = HamiltonianCell(IN, N, dt=0.3, timescales=None, scheme=scheme, dtype=torch.float64)
     x = torch.randn(B, IN, dtype=torch.float64)
     p, q = _state(cell)
     Kp, Kq, bp, h = cell.weight_p, cell.weight_q, cell.bias_p, 0.3
@@ -181,7 +181,7 @@ def test_factory_dtype_keeps_hyperparameters_exact():
 
 
 def test_hamiltonian_initialisation_is_orthogonal():
-    cell = HamiltonianCell(IN, 16, dtype=torch.float64)
+    cell = HamiltonianCell(IN, 16, timescales=None, dtype=torch.float64)
     eye = torch.eye(16, dtype=torch.float64)
     for K in (cell.weight_p, cell.weight_q):
         torch.testing.assert_close(K @ K.T, eye, atol=1e-6, rtol=0)
@@ -190,13 +190,13 @@ def test_hamiltonian_initialisation_is_orthogonal():
 
 
 def test_hamiltonian_gain_scales_every_singular_value_and_the_frequency_bound():
-    cell = HamiltonianCell(IN, 16, gain=0.3, dtype=torch.float64)
+    cell = HamiltonianCell(IN, 16, gain=0.3, timescales=None, dtype=torch.float64)
     for K in (cell.weight_p, cell.weight_q):
         torch.testing.assert_close(torch.linalg.svdvals(K), torch.full((16,), 0.3, dtype=torch.float64))
     assert cell.max_frequency() == pytest.approx(0.09, rel=1e-6)
-    assert HamiltonianCell(IN, N, gain=0.3, dt="auto", seq_len=1000).dt.item() == pytest.approx(
-        heuristic_dt(1000, 0.09), rel=1e-5
-    )
+    assert HamiltonianCell(
+        IN, N, gain=0.3, timescales=None, dt="auto", seq_len=1000
+    ).dt.item() == pytest.approx(heuristic_dt(1000, 0.09), rel=1e-5)
 
 
 @pytest.mark.parametrize("gain", [0.0, -1.0, float("nan")])
@@ -271,7 +271,7 @@ LEAPFROG = Scheme(
 
 
 def test_a_user_scheme_object_is_kept_and_runs_the_cell():
-    cell = HamiltonianCell(2, 4, scheme=LEAPFROG, fast=False, dtype=torch.float64)
+    cell = HamiltonianCell(2, 4, dt=0.1, timescales=None, scheme=LEAPFROG, fast=False, dtype=torch.float64)
     assert cell.scheme is LEAPFROG and cell.symplectic and "scheme=my_leapfrog" in repr(cell)
     x = torch.randn(6, 3, 2, dtype=torch.float64)
     out, *_ = cell.forward_sequence(x, *cell.initial_state(3, x))

@@ -57,8 +57,10 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path:
 
     single, ddp = load_checkpoint(tmp_path / "single"), load_checkpoint(tmp_path / "ddp")
     assert ddp["step"] == single["step"] == 6 and len(ddp["rng"]) == 2
+    assert ddp["model"].keys() == single["model"].keys()
     for name, value in single["model"].items():
-        torch.testing.assert_close(ddp["model"][name], value, rtol=0, atol=1e-6)
+        if isinstance(value, torch.Tensor):  # the rest is the cells' saved options
+            torch.testing.assert_close(ddp["model"][name], value, rtol=0, atol=1e-6)
     assert all(
         state["step"] == 6 for state in single["optimizer"]["state"].values()
     )  # 6 Adam updates happened

@@ -346,11 +346,19 @@ def test_every_acceleration_equals_the_generic_path_in_value_and_every_gradient(
 
 def test_memory_options_pass_through_build_model_to_every_layer():
     model = build_model(
-        "hamiltonian", D, N, 1, num_layers=2, scheme="verlet", memory="reversible", anchor_every=7
+        "hamiltonian",
+        D,
+        N,
+        1,
+        num_blocks=0,
+        num_layers=2,
+        scheme="verlet",
+        memory="reversible",
+        anchor_every=7,
     )
     assert [(c.memory, c.anchor_every, c.fast) for c in model.rnn.cells] == [("reversible", 7, True)] * 2
     assert "memory=reversible" in repr(model)
-    model = build_model("oscillator", D, N, 1, memory="reversible")
+    model = build_model("oscillator", D, N, 1, num_blocks=0, memory="reversible")
     assert model.rnn.cells[0].memory == "reversible" and model.rnn.cells[0].anchor_every is None
 
 

@@ -41,7 +41,7 @@ class LinearRecurrence(nn.Module):
 
 
 def linear_model(n: int, a: float, head_weight: Tensor) -> SequenceModel:
-    model = SequenceModel(LinearRecurrence(n, a), 1).double()
+    model = SequenceModel(LinearRecurrence(n, a), 1, readout="last").double()
     with torch.no_grad():
         model.head.weight.copy_(head_weight)
         model.head.bias.zero_()
@@ -97,7 +97,7 @@ def test_gradient_profile_with_mse_loss_matches_closed_form():
 
 
 def test_gradient_profile_leaves_the_model_untouched():
-    model = build_model("lstm", 2, 4, 1)
+    model = build_model("lstm", 2, 4, 1, num_blocks=0, readout="last")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     gradient_profile(model, torch.randn(2, 6, 2), torch.randn(2, 1))
     assert all(p.grad is None for p in model.parameters())
@@ -135,7 +135,7 @@ def test_sensitivity_of_linear_recurrence_is_a_power_of_a():
 @pytest.mark.parametrize("name", ["hamiltonian", "oscillator"])
 def test_sensitivity_of_hamiltonian_cells_is_symplectic_and_never_below_one(name):
     torch.manual_seed(0)
-    model = build_model(name, 2, 4, 1, dt="auto", seq_len=40)
+    model = build_model(name, 2, 4, 1, num_blocks=0, readout="last", dt="auto", seq_len=40)
     profile = sensitivity_profile(model, torch.rand(40, 2))
     assert profile.max_symplecticity_error < 1e-10
     assert profile.min_norm >= 1.0 - 1e-10

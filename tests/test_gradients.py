@@ -51,7 +51,9 @@ def _direct_state_gradient_norm(model, x, y, t: int) -> float:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_hidden_state_gradient_norms_equal_direct_autograd(name, num_layers):
-    model = build_model(name, IN, N, 2, num_layers=num_layers, dtype=torch.float64)
+    model = build_model(
+        name, IN, N, 2, num_blocks=0, readout="last", num_layers=num_layers, dtype=torch.float64
+    )
     x, y = torch.randn(B, T, IN, dtype=torch.float64), torch.randn(B, 2, dtype=torch.float64)
     norms = hidden_state_gradient_norms(model, x, y, F.mse_loss)
     assert norms.shape == (T + 1,)
@@ -61,7 +63,7 @@ def test_hidden_state_gradient_norms_equal_direct_autograd(name, num_layers):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_stepwise_run_equals_one_pass(name):
-    model = build_model(name, IN, N, 2, num_layers=2, dtype=torch.float64)
+    model = build_model(name, IN, N, 2, num_blocks=0, readout="last", num_layers=2, dtype=torch.float64)
     x = torch.randn(B, T, IN, dtype=torch.float64)
     output, h_n = model.rnn(x)
     stepped, final = run_stepwise(model.rnn, x)
@@ -70,14 +72,14 @@ def test_stepwise_run_equals_one_pass(name):
 
 
 def test_sequence_readout_gradient_reaches_every_step():
-    model = build_model("hamiltonian", IN, N, 2, readout="sequence")
+    model = build_model("hamiltonian", IN, N, 2, num_blocks=0, readout="sequence")
     x, y = torch.randn(B, T, IN), torch.randn(B, T, 2)
     norms = hidden_state_gradient_norms(model, x, y, F.mse_loss)
     assert norms.shape == (T + 1,) and bool((norms > 0).all())
 
 
 def test_gradient_measurement_leaves_parameters_and_grads_untouched():
-    model = build_model("hamiltonian", IN, N, 2)
+    model = build_model("hamiltonian", IN, N, 2, num_blocks=0, readout="last")
     x, y = torch.randn(B, T, IN), torch.randn(B, 2)
     F.mse_loss(model(x), y).backward()
     before = {k: (p.detach().clone(), p.grad.clone()) for k, p in model.named_parameters()}
@@ -85,7 +87,7 @@ def test_gradient_measurement_leaves_parameters_and_grads_untouched():
     backward_sensitivity(model, x[0])
     for k, p in model.named_parameters():
         assert torch.equal(p, before[k][0]) and torch.equal(p.grad, before[k][1])
-    fresh = build_model("lstm", IN, N, 2)
+    fresh = build_model("lstm", IN, N, 2, num_blocks=0, readout="last")
     hidden_state_gradient_norms(fresh, x, y, F.mse_loss)
     assert all(p.grad is None for p in fresh.parameters())
 
@@ -93,24 +95,36 @@ def test_gradient_measurement_leaves_parameters_and_grads_untouched():
 def test_hamiltonian_gradients_do_not_vanish_at_T_1000_while_vanilla_rnns_do():
     seq_len, hidden, batch = 1000, 16, 4
     x, y = torch.randn(batch, seq_len, IN), torch.randn(batch, 1)
-    hamiltonian = build_model("hamiltonian", IN, hidden, 1, dt="auto", seq_len=seq_len)
+    hamiltonian = build_model(
+        "hamiltonian",
+        IN,
+        hidden,
+        1,
+        num_blocks=0,
+        readout="last",
+        timescales=None,
+        dt="auto",
+        seq_len=seq_len,
+    )
     assert hamiltonian.rnn.cells[0].dt.item() == pytest.approx(heuristic_dt(seq_len), rel=1e-5)
     norms = hidden_state_gradient_norms(hamiltonian, x, y, F.mse_loss)
     relative = norms / norms[-1]
     assert 0.1 <= relative.min().item() and relative.max().item() <= 10.0
-    vanilla = build_model("rnn", IN, hidden, 1)
+    vanilla = build_model("rnn", IN, hidden, 1, num_blocks=0, readout="last")
     baseline = hidden_state_gradient_norms(vanilla, x, y, F.mse_loss)
     assert (baseline / baseline[-1]).min().item() < 1e-6
 
 
 @pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
 def test_backward_sensitivity_of_hamiltonian_cells_is_symplectic(scheme):
-    model = build_model("hamiltonian", IN, N, 1, dt=0.5, scheme=scheme, dtype=torch.float64)
+    model = build_model(
+        "hamiltonian", IN, N, 1, num_blocks=0, readout="last", dt=0.5, scheme=scheme, dtype=torch.float64
+    )
     result = backward_sensitivity(model, torch.randn(30, IN, dtype=torch.float64))
     assert result.symplecticity_error.max().item() < 1e-10
     # Singular values of a symplectic matrix come in pairs (s, 1/s): the norm cannot drop below 1.
     assert result.norms.min().item() >= 1.0 - 1e-12
-    oscillator = build_model("oscillator", IN, N, 1, dtype=torch.float64)
+    oscillator = build_model("oscillator", IN, N, 1, num_blocks=0, readout="last", dtype=torch.float64)
     assert (
         backward_sensitivity(oscillator, torch.randn(30, IN, dtype=torch.float64)).symplecticity_error.max()
         < 1e-10
@@ -118,7 +132,9 @@ def test_backward_sensitivity_of_hamiltonian_cells_is_symplectic(scheme):
 
 
 def test_backward_sensitivity_of_euler_scheme_is_not_symplectic():
-    model = build_model("hamiltonian", IN, N, 1, dt=0.5, scheme="euler", dtype=torch.float64)
+    model = build_model(
+        "hamiltonian", IN, N, 1, num_blocks=0, readout="last", dt=0.5, scheme="euler", dtype=torch.float64
+    )
     assert (
         backward_sensitivity(model, torch.randn(30, IN, dtype=torch.float64)).symplecticity_error.max() > 1e-3
     )
@@ -126,7 +142,7 @@ def test_backward_sensitivity_of_euler_scheme_is_not_symplectic():
 
 @pytest.mark.parametrize("name", ["hamiltonian", "lstm", "antisymmetric"])
 def test_backward_sensitivity_equals_the_direct_jacobian(name):
-    model = build_model(name, IN, N, 1, dtype=torch.float64)
+    model = build_model(name, IN, N, 1, num_blocks=0, readout="last", dtype=torch.float64)
     x = torch.randn(1, T, IN, dtype=torch.float64)
     t = 3
     with torch.no_grad():
@@ -145,7 +161,7 @@ def test_backward_sensitivity_equals_the_direct_jacobian(name):
 
 
 def test_gradient_measurement_rejects_bad_input_clearly():
-    model = build_model("hamiltonian", IN, N, 1)
+    model = build_model("hamiltonian", IN, N, 1, num_blocks=0, readout="last")
     with pytest.raises(ValueError, match="input_size=3"):
         hidden_state_gradient_norms(model, torch.randn(B, T, IN + 1), torch.randn(B, 1), F.mse_loss)
     with pytest.raises(TypeError, match="floating-point"):
@@ -154,13 +170,18 @@ def test_gradient_measurement_rejects_bad_input_clearly():
 
 def test_backward_sensitivity_rejects_stacked_models_and_batches():
     with pytest.raises(ValueError, match="single-layer"):
-        backward_sensitivity(build_model("hamiltonian", IN, N, 1, num_layers=2), torch.randn(T, IN))
+        backward_sensitivity(
+            build_model("hamiltonian", IN, N, 1, num_blocks=0, readout="last", num_layers=2),
+            torch.randn(T, IN),
+        )
     with pytest.raises(ValueError, match="one sequence"):
-        backward_sensitivity(build_model("hamiltonian", IN, N, 1), torch.randn(2, T, IN))
+        backward_sensitivity(
+            build_model("hamiltonian", IN, N, 1, num_blocks=0, readout="last"), torch.randn(2, T, IN)
+        )
 
 
 def test_parameter_and_global_gradient_norms_match_torch():
-    model = build_model("gru", IN, N, 2)
+    model = build_model("gru", IN, N, 2, num_blocks=0, readout="last")
     assert parameter_gradient_norms(model) == {} and global_gradient_norm(model) == 0.0
     F.mse_loss(model(torch.randn(B, T, IN)), torch.randn(B, 2)).backward()
     norms = parameter_gradient_norms(model)
@@ -173,7 +194,7 @@ def test_parameter_and_global_gradient_norms_match_torch():
 def test_state_readout_gradient_at_T_is_the_head_weight_times_the_loss_gradient():
     # L = mean((W [p_T, q_T] + b - y)^2), so dL/dh_T = 2 (y_hat - y) W / (batch * out), p included
     torch.manual_seed(0)
-    model = build_model("hamiltonian", IN, N, 2, readout="state", dtype=torch.float64)
+    model = build_model("hamiltonian", IN, N, 2, num_blocks=0, readout="state", dtype=torch.float64)
     x, y = torch.randn(B, T, IN, dtype=torch.float64), torch.randn(B, 2, dtype=torch.float64)
     norms = hidden_state_gradient_norms(model, x, y, F.mse_loss)
     with torch.no_grad():

@@ -53,10 +53,10 @@ def test_ridge_rejects_non_finite_states():
 def test_selected_state_concatenates_every_part_of_the_last_layer_in_chunks():
     torch.manual_seed(0)
     x = torch.randn(10, 7, 3)
-    lstm = build_model("lstm", 3, 4, 1, num_layers=2, readout="state")
+    lstm = build_model("lstm", 3, 4, 1, num_blocks=0, num_layers=2, readout="state")
     _, (h_n, c_n) = lstm.rnn(x)
     torch.testing.assert_close(lstm.selected_features(x, chunk=3), torch.cat([h_n[-1], c_n[-1]], 1).detach())
-    hamiltonian = build_model("hamiltonian", 3, 4, 1, readout="state")
+    hamiltonian = build_model("hamiltonian", 3, 4, 1, num_blocks=0, readout="state")
     _, (p_n, q_n) = hamiltonian.rnn(x)
     torch.testing.assert_close(
         hamiltonian.selected_features(x, chunk=4), torch.cat([p_n[-1], q_n[-1]], 1).detach()
@@ -67,7 +67,9 @@ def test_force_free_oscillator_momentum_is_the_exact_sum_of_input_impulses():
     # w = 0, alpha = 0: p' = p - h tanh(u_t), so p_T = -h sum_t tanh(W x_t + b): the accumulator the
     # probe finds in the untrained Hamiltonian cells.
     torch.manual_seed(1)
-    model = build_model("oscillator", 2, 5, 1, readout="state", alpha=0.0, dt=0.1, dtype=torch.float64)
+    model = build_model(
+        "oscillator", 2, 5, 1, num_blocks=0, readout="state", alpha=0.0, dt=0.1, dtype=torch.float64
+    )
     cell = model.rnn.cells[0]
     with torch.no_grad():
         cell.w.zero_()
@@ -81,7 +83,7 @@ def test_force_free_oscillator_momentum_is_the_exact_sum_of_input_impulses():
 
 def test_probe_finds_the_sum_in_a_low_frequency_hamiltonian_state_but_not_in_lstm():
     config = ProbeConfig(hidden_size=16, n_train=400, n_test=200, progress=False)
-    hamiltonian = probe("hamiltonian:gain=0.1,dt=0.1", 100, config)
+    hamiltonian = probe("hamiltonian:gain=0.1,dt=0.1,timescales=null", 100, config)
     lstm = probe("lstm", 100, config)
     assert hamiltonian.probe_mse < 0.05 * hamiltonian.baseline_mse
     assert lstm.probe_mse > 0.5 * lstm.baseline_mse

@@ -68,7 +68,7 @@ def test_capabilities_are_what_the_cells_declare():
 @pytest.mark.parametrize("name", NAMES)
 def test_seq_len_reaches_only_the_cells_that_choose_dt_from_it(name):
     auto = capabilities(name).auto_dt
-    model = build_model(name, IN, HIDDEN, OUT, seq_len=1000, **({"dt": "auto"} if auto else {}))
+    model = build_model(name, IN, HIDDEN, OUT, num_blocks=0, seq_len=1000, **({"dt": "auto"} if auto else {}))
     if auto:
         cell = model.rnn.cells[0]
         assert cell.dt.item() == pytest.approx(hrnn.heuristic_dt(1000, cell.max_frequency()))
@@ -77,7 +77,7 @@ def test_seq_len_reaches_only_the_cells_that_choose_dt_from_it(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(("readout", "shape"), [("last", (B, OUT)), ("sequence", (B, T, OUT))])
 def test_every_model_maps_batch_first_input_to_the_readout_shape(name, readout, shape):
-    model = build_model(name, IN, HIDDEN, OUT, readout=readout, num_layers=2)
+    model = build_model(name, IN, HIDDEN, OUT, readout=readout, num_blocks=0, num_layers=2)
     assert model(torch.randn(B, T, IN)).shape == shape
 
 
@@ -92,7 +92,7 @@ def test_last_readout_is_the_head_on_the_last_step_of_the_sequence_readout(name)
 
 @pytest.mark.parametrize(("name", "torch_class"), [("lstm", nn.LSTM), ("gru", nn.GRU), ("rnn", nn.RNN)])
 def test_baselines_equal_the_torch_modules_they_wrap(name, torch_class):
-    model = build_model(name, IN, HIDDEN, OUT, num_layers=2)
+    model = build_model(name, IN, HIDDEN, OUT, num_blocks=0, num_layers=2, readout="last")
     reference = torch_class(IN, HIDDEN, num_layers=2, batch_first=True)
     reference.load_state_dict(model.rnn.state_dict())
     x = torch.randn(B, T, IN)
@@ -104,32 +104,38 @@ def test_baselines_equal_the_torch_modules_they_wrap(name, torch_class):
 
 
 def test_cell_options_pass_through_build_model():
-    model = build_model("hamiltonian", IN, HIDDEN, OUT, num_layers=2, dt=0.05, scheme="verlet")
+    model = build_model("hamiltonian", IN, HIDDEN, OUT, num_blocks=0, num_layers=2, dt=0.05, scheme="verlet")
     assert all(c.dt.item() == pytest.approx(0.05) and c.scheme.name == "verlet" for c in model.rnn.cells)
     auto = build_model("hamiltonian", IN, HIDDEN, OUT, dt="auto", seq_len=1000)
-    assert auto.rnn.cells[0].dt.item() == pytest.approx(
-        hrnn.heuristic_dt(1000, auto.rnn.cells[0].max_frequency())
-    )
+    for layer in auto.rnn.layers:  # every block's layer
+        assert layer.cells[0].dt.item() == pytest.approx(
+            hrnn.heuristic_dt(1000, layer.cells[0].max_frequency())
+        )
     cornn = build_model("cornn", IN, HIDDEN, OUT, dt=0.1, gamma=1.0, epsilon=2.0)
-    assert cornn.rnn.cells[0].gamma.item() == 1.0
-    assert build_model("rnn", IN, HIDDEN, OUT, nonlinearity="relu").rnn.nonlinearity == "relu"
+    assert all(layer.cells[0].gamma.item() == 1.0 for layer in cornn.rnn.layers)
+    assert build_model("rnn", IN, HIDDEN, OUT, nonlinearity="relu").rnn.layers[0].nonlinearity == "relu"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dtype_option_builds_the_whole_model_in_float64(name):
     model = build_model(name, IN, HIDDEN, OUT, dtype=torch.float64)
-    assert all(t.dtype == torch.float64 for t in model.state_dict().values())
+    assert all(t.dtype == torch.float64 for t in model.state_dict().values() if isinstance(t, torch.Tensor))
     assert model(torch.randn(B, T, IN, dtype=torch.float64)).dtype == torch.float64
 
 
-def _hamiltonian_parameter_count(n_in: int, n: int, n_out: int) -> int:
-    # weight_ih + bias_ih + K_q + K_p + b_p, then the linear head.
-    return n * n_in + n + 2 * n * n + n + n * n_out + n_out
+def _hamiltonian_parameter_count(n_in: int, n: int, n_out: int, blocks: int) -> int:
+    # per block: LayerNorm, the layer (weight_ih + bias_ih + K_q + K_p + b_p + log_timescale) and
+    # the GLU mix Linear(n, 2n); then encoder Linear(n_in, n), final LayerNorm and the head.
+    layer = n * n + n + 2 * n * n + n + n
+    block = 2 * n + layer + 2 * n * n + 2 * n
+    return n_in * n + n + blocks * block + 2 * n + n * n_out + n_out
 
 
 def test_hamiltonian_parameter_count_matches_its_equations():
     model = build_model("hamiltonian", IN, 128, OUT)
-    assert sum(p.numel() for p in model.parameters()) == _hamiltonian_parameter_count(IN, 128, OUT)
+    assert sum(p.numel() for p in model.parameters()) == _hamiltonian_parameter_count(IN, 128, OUT, 2)
+    bare = build_model("hamiltonian", IN, 128, OUT, num_blocks=0, timescales=None)
+    assert sum(p.numel() for p in bare.parameters()) == 128 * IN + 128 + 2 * 128 * 128 + 128 + 128 * OUT + OUT
 
 
 def test_unknown_model_lists_the_known_ones():
@@ -138,7 +144,9 @@ def test_unknown_model_lists_the_known_ones():
 
 
 def test_unknown_readout_fails_clearly():
-    with pytest.raises(ValueError, match=r"unknown readout 'first'; known: \['last', 'sequence', 'state'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown readout 'first'; known: \['last', 'mean', 'sequence', 'state'\]"
+    ):
         build_model("lstm", IN, HIDDEN, OUT, readout="first")
 
 
@@ -176,7 +184,7 @@ def test_non_finite_input_gives_a_non_finite_output_as_in_torch_nn(name):
 )
 def test_state_readout_is_the_head_on_the_last_layers_whole_final_state(name, parts):
     torch.manual_seed(0)
-    model = build_model(name, IN, HIDDEN, OUT, readout="state", num_layers=2)
+    model = build_model(name, IN, HIDDEN, OUT, readout="state", num_blocks=0, num_layers=2)
     assert model.head.in_features == parts * HIDDEN
     x = torch.randn(B, T, IN)
     _, state = model.rnn(x)
@@ -190,7 +198,7 @@ def test_state_readout_is_the_head_on_the_last_layers_whole_final_state(name, pa
 def test_building_a_state_readout_draws_nothing_from_the_global_rng():
     # the throw-away step that counts the state's parts runs without dropout
     torch.manual_seed(0)
-    build_model("hamiltonian", IN, HIDDEN, OUT, readout="state", num_layers=2, dropout=0.5)
+    build_model("hamiltonian", IN, HIDDEN, OUT, readout="state", num_blocks=0, num_layers=2, dropout=0.5)
     after_model = torch.rand(1)
     torch.manual_seed(0)
     HamiltonianRNN(IN, HIDDEN, num_layers=2, dropout=0.5, batch_first=True)

@@ -175,6 +175,8 @@ def test_invalid_hyperparameters_are_rejected_by_name(field: str, value: object,
 def diverging(tmp_path: Path, **overrides: object):
     """SGD at lr 1e6 without clipping: the loss becomes non-finite within a few steps."""
     fields = {"optimizer": "sgd", "lr": 1e6, "clip_grad_norm": None, "lr_schedule": "constant", "steps": 40}
+    # the bare seed-paper cell, whose loss stays finite for a step or two before it diverges
+    fields |= {"num_blocks": 0, "model_kwargs": {"timescales": None}}
     return tiny(tmp_path, **{**fields, **overrides})
 
 
@@ -188,12 +190,12 @@ def test_non_finite_loss_leaves_the_last_loss_finite_checkpoint_and_resume_with_
     assert not (math.isfinite(error.loss) and math.isfinite(error.grad_norm)) and error.step >= 2
     saved = load_checkpoint(error.checkpoint)
     assert saved["step"] == error.saved_step == error.step - 1
-    assert all(torch.isfinite(value).all() for value in saved["model"].values())
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if isinstance(v, torch.Tensor))
     # the saved state's own loss and gradient on its batch are finite
     task = build_task("adding", seed=0, **TASK)
     (indices,) = list(StepBatchSampler(len(task.train), 16, 0, saved["step"], saved["step"] + 1))
     x, y = default_collate([task.train[i] for i in indices])
-    model = build_model("hamiltonian", 2, 6, 1)
+    model = build_model("hamiltonian", 2, 6, 1, num_blocks=0, timescales=None)
     model.load_state_dict(saved["model"])
     loss = torch.nn.functional.mse_loss(model(x), y)
     loss.backward()
@@ -332,8 +334,10 @@ def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
     main(["--resume", str(tmp_path / "split" / "run")])
     whole, split = load_checkpoint(tmp_path / "whole" / "run"), load_checkpoint(tmp_path / "split" / "run")
+    assert split["model"].keys() == whole["model"].keys()
     for name, value in whole["model"].items():
-        torch.testing.assert_close(split["model"][name], value, rtol=0, atol=1e-6)
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(split["model"][name], value, rtol=0, atol=1e-6)
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_with_status_143(tmp_path: Path) -> None:

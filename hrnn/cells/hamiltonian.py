@@ -79,12 +79,16 @@ class SeparableHamiltonianCell(RecurrentCell):
         self._anchor = default_anchor
         self.fast = bool(fast)
 
+    def function_options(self) -> dict:
+        """The scheme changes the function the weights compute, so it is saved with them."""
+        return {**super().function_options(), "scheme": self.scheme.name}
+
     def grad_v(self, q: Tensor, u_t: Tensor) -> Tensor:
-        """:math:`\\partial V / \\partial q` at ``q`` (batch, n) with input ``u_t`` (batch, n)."""
+        r""":math:`\\partial V / \\partial q` at ``q`` (batch, n) with input ``u_t`` (batch, n)."""
         raise NotImplementedError
 
     def grad_t(self, p: Tensor) -> Tensor:
-        """:math:`\\partial T / \\partial p` at ``p`` (batch, n)."""
+        r""":math:`\\partial T / \\partial p` at ``p`` (batch, n)."""
         raise NotImplementedError
 
     def step_size(self) -> Tensor | float:
@@ -143,35 +147,59 @@ class HamiltonianCell(SeparableHamiltonianCell):
     r"""Log-cosh Hamiltonian cell: the H-DNN integrator core run in time (Galimberti et al., 2023).
 
     .. math::
-        H_t(p, q) = \sum_i \log\cosh(K_p p + b_p)_i + \sum_i \log\cosh(K_q q + u_t)_i,
+        H_t(p, q) = \sum_i \log\cosh(\tilde K_p p + b_p)_i + \sum_i \log\cosh(\tilde K_q q + u_t)_i,
+        \qquad \tilde K = K\,\mathrm{diag}(\sqrt{s}),
 
-    so :math:`\nabla_q V = K_q^\top \tanh(K_q q + u_t)`, :math:`\nabla_p T = K_p^\top \tanh(K_p p + b_p)`,
-    one step of ``scheme`` (``symplectic_euler``, ``verlet``, the non-symplectic ``euler``
-    ablation, or a :class:`~hrnn.integrators.Scheme` object). Output :math:`q_t`.
+    so :math:`\nabla_q V = \tilde K_q^\top \tanh(\tilde K_q q + u_t)`,
+    :math:`\nabla_p T = \tilde K_p^\top \tanh(\tilde K_p p + b_p)`, one step :math:`h` of ``scheme``
+    (``symplectic_euler``, ``verlet``, the non-symplectic ``euler`` ablation, or a
+    :class:`~hrnn.integrators.Scheme` object). Output :math:`q_t`.
+
+    **Timescales.** :math:`s_i = \exp(\text{log\_timescale}_i)` is learnable, drawn log-uniform in
+    ``timescales`` (as S4 and LRU draw their steps). In the coordinates :math:`\sqrt{s}\,(p, q)`
+    the step is the same scheme with a per-unit step :math:`h s_i`, so unit i reacts within about
+    :math:`1 / (h s_i)` steps; the map stays exactly symplectic in (p, q). ``timescales=None``
+    drops the parameter (:math:`s = 1`, the seed papers' cell).
+
+    **Stability guard.** Whatever the optimizer does to :math:`K_p, K_q, s`, the step is
+    :math:`h = dt \min(1, c / (dt\,\hat\omega))` with
+    :math:`\hat\omega = \|\tilde K_p\|_2 \|\tilde K_q\|_2`, a bound on the linearised frequencies,
+    and :math:`c` = :attr:`STABILITY_MARGIN`: :math:`h\omega \le 1`, half of the limit 2 of
+    symplectic Euler and Verlet on an oscillator. The bound is exact (the two spectral norms) and
+    not differentiated: the guard constrains the step, it is not a term of the loss.
+
+    **Damping** (port-Hamiltonian, optional): with ``damping=zeta`` every step first applies the
+    exact friction flow :math:`p \leftarrow e^{-\zeta_i h s_i} p` of
+    :math:`\dot p = -\zeta s\,\partial T/\partial p`-type dissipation, :math:`\zeta_i \ge 0` learnable
+    (softplus, initialised at ``zeta``): a damping ratio per unit, so fast units forget fast and
+    slow ones slowly. The step is then conformally symplectic, :math:`M^\top J M = e^{-\zeta h s} J`
+    for uniform :math:`\zeta s`: gradients shrink by :math:`e^{-\zeta h s}` per step. ``None`` (the
+    default) is the symplectic case.
 
     Parameters: ``weight_ih`` (n, input_size), ``bias_ih`` (n,), ``weight_q`` :math:`K_q` (n, n),
-    ``weight_p`` :math:`K_p` (n, n), ``bias_p`` (n,); buffer ``dt`` (0-dim). ``dt="auto"`` with
-    ``seq_len=T`` picks :func:`hrnn.step_size.heuristic_dt` for the initialised energy (the
-    default 0.1 is its value for T of about 400; see ``docs/step_size.md``).
+    ``weight_p`` :math:`K_p` (n, n), ``bias_p`` (n,), ``log_timescale`` (n,), ``damping_raw`` (n,);
+    buffer ``dt`` (0-dim). ``dt="auto"`` with ``seq_len=T`` picks
+    :func:`hrnn.step_size.heuristic_dt` for the initialised energy (``docs/step_size.md``).
 
-    Initialisation: :math:`K_p, K_q` orthogonal times ``gain`` (all singular values ``gain``, so
-    the linearised frequencies lie in [0, gain²] and ``dt`` has a scale independent of
-    ``hidden_size``), zero :math:`b_p`. A small ``gain`` makes the cell nearly a free particle:
-    an input impulse then stays in ``p`` instead of rotating into ``q`` (``docs/RESULTS.md``,
-    memory probe).
+    Initialisation: :math:`K_p, K_q` orthogonal times ``gain``, zero :math:`b_p`.
 
     Options ``scheme``, ``memory``, ``anchor_every`` and ``fast`` as in
-    :class:`SeparableHamiltonianCell`; the registered schemes run in :func:`hrnn.fast.hamiltonian_scan`.
+    :class:`SeparableHamiltonianCell`; without damping the registered schemes run in
+    :func:`hrnn.fast.hamiltonian_scan`.
     """
 
     capabilities = Capabilities(canonical=True, symplectic=True, auto_dt=True, reversible=True)
+    #: :math:`c` of the stability guard: the largest :math:`h\hat\omega` a step may take.
+    STABILITY_MARGIN = 1.0
 
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
         *,
-        dt: float | str = 0.1,
+        dt: float | str = 1.0,
+        timescales: tuple[float, float] | None = (1e-2, 1.0),
+        damping: float | None = None,
         scheme: str | Scheme = "symplectic_euler",
         seq_len: int | None = None,
         gain: float = 1.0,
@@ -187,9 +215,15 @@ class HamiltonianCell(SeparableHamiltonianCell):
         )  # fmt: skip
         factory = {"device": device, "dtype": dtype}
         self.gain = check_positive("gain", gain)
+        self.timescales = _check_timescales(timescales)
+        if damping is not None and not (float(damping) >= 0 and math.isfinite(damping)):
+            raise ValueError(f"damping must be None or finite and >= 0, got {damping}")
+        self.damping = None if damping is None else float(damping)
         self.weight_q = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.weight_p = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.bias_p = Parameter(torch.empty(hidden_size, **factory))
+        self.log_timescale = None if timescales is None else Parameter(torch.empty(hidden_size, **factory))
+        self.damping_raw = None if damping is None else Parameter(torch.empty(hidden_size, **factory))
         self.register_buffer("dt", torch.tensor(0.0, **factory))
         self.reset_parameters()
         self.dt.fill_(check_positive("dt", resolve_dt(dt, seq_len, self.max_frequency())))
@@ -199,21 +233,88 @@ class HamiltonianCell(SeparableHamiltonianCell):
         nn.init.orthogonal_(self.weight_q, gain=self.gain)
         nn.init.orthogonal_(self.weight_p, gain=self.gain)
         nn.init.zeros_(self.bias_p)
+        if self.log_timescale is not None:
+            low, high = self.timescales
+            nn.init.uniform_(self.log_timescale, math.log(low), math.log(high))
+        if self.damping_raw is not None:
+            # softplus^{-1}(zeta); zeta = 0 maps to a large negative number, softplus of which is ~0
+            zeta = max(self.damping, 1e-8)
+            nn.init.constant_(self.damping_raw, zeta + math.log(-math.expm1(-zeta)))
+
+    def effective_weights(self) -> tuple[Tensor, Tensor]:
+        r""":math:`(\tilde K_q, \tilde K_p) = (K_q, K_p)\,\mathrm{diag}(\sqrt s)`, each (n, n)."""
+        if self.log_timescale is None:
+            return self.weight_q, self.weight_p
+        root = torch.exp(0.5 * self.log_timescale)
+        return self.weight_q * root, self.weight_p * root
 
     def grad_v(self, q: Tensor, u_t: Tensor) -> Tensor:
-        return log_cosh_gradient(q, self.weight_q, u_t)
+        return log_cosh_gradient(q, self.effective_weights()[0], u_t)
 
     def grad_t(self, p: Tensor) -> Tensor:
-        return log_cosh_gradient(p, self.weight_p, self.bias_p)
+        return log_cosh_gradient(p, self.effective_weights()[1], self.bias_p)
+
+    def frequency_bound(self) -> Tensor:
+        r""":math:`\hat\omega = \|\tilde K_p\|_2 \|\tilde K_q\|_2` (0-dim, not differentiated)."""
+        with torch.no_grad():
+            # LAPACK refuses non-finite input; such weights make the output non-finite anyway
+            weights = torch.nan_to_num(torch.stack(self.effective_weights()), nan=0.0, posinf=0.0, neginf=0.0)
+            return torch.linalg.matrix_norm(weights, ord=2).prod()
+
+    def step_size(self) -> Tensor:
+        r"""The guarded step :math:`dt \min(1, c / (dt\,\hat\omega))` (0-dim, not differentiated)."""
+        limit = self.STABILITY_MARGIN / self.frequency_bound().clamp_min(torch.finfo(self.dt.dtype).tiny)
+        return torch.fmin(self.dt, limit)  # fmin: non-finite weights leave dt, and the loss shows them
+
+    def friction(self, h: Tensor) -> Tensor | None:
+        r"""The per-step decay :math:`e^{-\zeta_i h s_i}` of p, (n,), or ``None`` without damping."""
+        if self.damping_raw is None:
+            return None
+        rate = torch.nn.functional.softplus(self.damping_raw) * h
+        if self.log_timescale is not None:
+            rate = rate * torch.exp(self.log_timescale)
+        return torch.exp(-rate)
+
+    def step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
+        h = self.step_size()
+        decay = self.friction(h)
+        if decay is not None:
+            p = decay * p
+        return self.scheme.step(p, q, lambda q: self.grad_v(q, u_t), self.grad_t, h)
+
+    def inverse_step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
+        h = self.step_size()
+        p, q = self.scheme.inverse(p, q, lambda q: self.grad_v(q, u_t), self.grad_t, h)
+        decay = self.friction(h)
+        return (p if decay is None else p / decay), q
+
+    def acceleration(self) -> Scan | None:
+        # the hand-written scans integrate the conservative energy only
+        return None if self.damping_raw is not None else super().acceleration()
 
     def max_frequency(self) -> float:
-        """:math:`\\|K_p\\|_2 \\|K_q\\|_2`, a bound on the linearised frequencies of the energy."""
-        with torch.no_grad():
-            norms = torch.linalg.matrix_norm(torch.stack([self.weight_p, self.weight_q]), ord=2)
-        return float(norms.prod())
+        r""":math:`\hat\omega` as a float: the largest linearised frequency the energy can have."""
+        return float(self.frequency_bound())
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dt={self.dt.item():.4g}"
+        options = f", dt={self.dt.item():.4g}"
+        if self.timescales is not None:
+            options += f", timescales={self.timescales}"
+        if self.damping is not None:
+            options += f", damping={self.damping:.4g}"
+        return super().extra_repr() + options
+
+
+def _check_timescales(timescales: tuple[float, float] | None) -> tuple[float, float] | None:
+    if timescales is None:
+        return None
+    try:
+        low, high = (float(v) for v in timescales)
+    except (TypeError, ValueError):
+        raise ValueError(f"timescales must be None or a pair (low, high), got {timescales!r}") from None
+    if not (0 < low <= high < math.inf):
+        raise ValueError(f"timescales must satisfy 0 < low <= high < inf, got {timescales!r}")
+    return low, high
 
 
 class OscillatorCell(SeparableHamiltonianCell):
@@ -281,7 +382,7 @@ class OscillatorCell(SeparableHamiltonianCell):
         return p
 
     def step_size(self) -> Tensor:
-        """The per-unit step :math:`h = dt\\,\\sigma(c)`, shape (n,)."""
+        r"""The per-unit step :math:`h = dt\\,\\sigma(c)`, shape (n,)."""
         return self.dt * torch.sigmoid(self.c)
 
     def max_frequency(self) -> float:
@@ -294,8 +395,9 @@ class OscillatorCell(SeparableHamiltonianCell):
 
 
 def _log_cosh_scan(cell: HamiltonianCell, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    weight_q, weight_p = cell.effective_weights()
     return hamiltonian_scan(
-        x, p, q, cell.weight_q, cell.weight_p, cell.bias_p, cell.dt, cell.scheme, cell.memory,
+        x, p, q, weight_q, weight_p, cell.bias_p, cell.step_size(), cell.scheme, cell.memory,
         cell.anchor_every, weight_ih=cell.weight_ih, bias_ih=cell.bias_ih,
     )  # fmt: skip
 
