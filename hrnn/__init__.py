@@ -24,6 +24,7 @@ from .hdnn import (
     smoothness_regularizer,
 )
 from .integrators import SCHEMES, Scheme, Substep, get_scheme, integrate
+from .linoss import LinOSSRNN
 from .models import SequenceModel, available_models, build_model, capabilities
 from .reversible import reversible_integrate
 from .rnn import (
@@ -57,6 +58,7 @@ __all__ = [
     "HamiltonianDNN",
     "HamiltonianRNN",
     "LEMCell",
+    "LinOSSRNN",
     "LogCoshHamiltonian",
     "OscillatorCell",
     "OscillatorHamiltonian",

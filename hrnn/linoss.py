@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.nn import Parameter
 
 from .cells import Capabilities
+from .cells.base import _check_extra_state, _check_saved_options
 from .linear_scan import (
     DEFAULT_CHUNK,
     ScanOperators,
@@ -58,7 +59,7 @@ from .linear_scan import (
     reference_scan,
 )
 from .rnn import RecurrentLayer
-from .validation import check_options, check_size, lookup
+from .validation import check_input, check_size, check_state, lookup
 
 __all__ = ["DISCRETIZATIONS", "Discretization", "LinOSSCell", "LinOSSRNN"]
 
@@ -141,6 +142,7 @@ class LinOSSCell(nn.Module):
         self.C = Parameter(torch.empty(hidden_size, p, **factory))
         d_shape = (hidden_size,) if input_size == hidden_size else (hidden_size, input_size)
         self.D = Parameter(torch.empty(d_shape, **factory))
+        self.register_load_state_dict_pre_hook(_check_saved_options)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -163,11 +165,8 @@ class LinOSSCell(nn.Module):
         return {"function_options": self.function_options()}
 
     def set_extra_state(self, state: Any) -> None:
-        if not isinstance(state, dict) or "function_options" not in state:
-            raise ValueError(
-                f"{type(self).__name__}: expected extra state {{'function_options': ...}}, got {state!r}"
-            )
-        check_options(state["function_options"], self.function_options(), type(self).__name__)
+        # fixed at construction: loading only checks that they agree (as RecurrentCell does)
+        _check_extra_state(state, self.function_options(), type(self).__name__)
 
     @property
     def damping(self) -> bool:
@@ -241,6 +240,20 @@ class LinOSSCell(nn.Module):
         readout = self.feedthrough(flat).addmm_(positions.reshape(self.num_oscillators, -1).t(), self.C.t())
         return readout.view(batch, steps, self.hidden_size), z, y
 
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """One step on raw input, like :class:`torch.nn.LSTMCell`: input (batch, input_size) or
+        (input_size,), ``hx`` and the returned state ``(z, y)`` each (batch, P) or (P,); ``hx=None``
+        means zeros. The step's output is ``C y + D input``."""
+        check_input(
+            input, self.input_size, {2: "(batch, input_size)", 1: "(input_size,)"}, self.B, step_dims=()
+        )
+        check_state(hx, self.state_names, (*input.shape[:-1], self.num_oscillators), input)
+        batched = input.dim() == 2
+        x = input.unsqueeze(0) if batched else input.view(1, 1, -1)
+        state = self.initial_state(x.shape[1], x) if hx is None else tuple(h.view(x.shape[1], -1) for h in hx)
+        _, z, y = self.forward_sequence(x, *state)
+        return (z, y) if batched else (z.squeeze(0), y.squeeze(0))
+
     def reference_sequence(self, x: Tensor, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward_sequence` by the step-by-step loop :func:`hrnn.linear_scan.reference_scan`."""
         w = F.linear(x, self.B)
@@ -313,3 +326,18 @@ class LinOSSRNN(RecurrentLayer):
     def state_size(self) -> int:
         """Features of each state part: the oscillators P."""
         return self.num_oscillators
+
+    def output_from_states(self, x: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
+        """The output of one step from its input ``x`` (batch, 1, input_size) (or (1, batch,
+        input_size) time-major) and the state ``h_n`` that step reached: :math:`C y + D u` layer by
+        layer. Equal to ``forward(x, hx)[0]`` when ``state = forward(x, hx)[1]``, but a function of
+        the state, so that a perturbation of the state reaches the output (:mod:`hrnn.gradients`)."""
+        if self.bidirectional:
+            raise ValueError("output_from_states needs a unidirectional layer")
+        positions = state[1]
+        u = x if self.batch_first else x.transpose(0, 1)
+        for layer, cell in enumerate(self.cells):
+            if layer:
+                u = F.dropout(u, self.dropout, self.training)
+            u = cell.feedthrough(u) + F.linear(positions[layer], cell.C).unsqueeze(1)
+        return u if self.batch_first else u.transpose(0, 1)

@@ -185,6 +185,25 @@ def test_layer_runs_piece_by_piece():
     torch.testing.assert_close((z_2, y_2), (z_n, y_n), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_output_from_states_is_the_step_output(batch_first):
+    layer = LinOSSRNN(3, 4, num_layers=2, num_oscillators=5, batch_first=batch_first, dtype=F64)
+    x = torch.randn(2, 1, 3, dtype=F64) if batch_first else torch.randn(1, 2, 3, dtype=F64)
+    hx = tuple(torch.randn(2, 2, 5, dtype=F64) for _ in range(2))
+    output, state = layer(x, hx)
+    torch.testing.assert_close(layer.output_from_states(x, state), output, rtol=1e-12, atol=1e-12)
+
+
+def test_cell_single_step_equals_a_one_step_sequence():
+    layer = LinOSSRNN(3, 4, damping=True, dtype=F64)
+    x, hx = torch.randn(2, 3, dtype=F64), tuple(torch.randn(1, 2, 4, dtype=F64) for _ in range(2))
+    _, (z_n, y_n) = layer(x.unsqueeze(0), hx)
+    z, y = layer.cells[0](x, (hx[0][0], hx[1][0]))
+    torch.testing.assert_close((z, y), (z_n[0], y_n[0]), rtol=1e-12, atol=1e-12)
+    z1, y1 = layer.cells[0](x[1], (hx[0][0, 1], hx[1][0, 1]))
+    torch.testing.assert_close((z1, y1), (z[1], y[1]), rtol=1e-12, atol=1e-12)
+
+
 def test_gradcheck_short_sequence():
     layer = LinOSSRNN(2, 3, num_oscillators=2, damping=True, dtype=F64, chunk=2)
     names, params = zip(*layer.named_parameters(), strict=True)
