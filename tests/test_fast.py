@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -20,11 +22,13 @@ T, B, N, D = 13, 3, 4, 2
 CHUNK = 4  # several segments per sequence, one of them shorter than the others
 
 
-def reference_hamiltonian(u, p, q, weight_q, weight_p, bias_p, dt, scheme):
-    """Autograd through ``get_scheme(scheme).step`` on the log-cosh energy with bias u_t."""
+def reference_hamiltonian(u, p, q, weight_q, weight_p, bias_p, dt, scheme, decay=None):
+    """Autograd through ``get_scheme(scheme).step`` on the log-cosh energy with bias u_t, each step
+    starting with ``p <- decay * p`` when a decay is given."""
     step, outputs = get_scheme(scheme).step, []
     for u_t in u:
         energy = LogCoshHamiltonian(K_p=weight_p, K_q=weight_q, b_p=bias_p, b_q=u_t)
+        p = p if decay is None else decay * p
         p, q = step(p, q, energy.grad_v, energy.grad_t, dt)
         outputs.append(q)
     return torch.stack(outputs), p, q
@@ -103,6 +107,103 @@ def test_hamiltonian_scan_gradients_when_only_part_of_the_result_is_used(loss, m
     expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES[loss]), leaves)
     actual = hamiltonian_scan(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, dt, "verlet", memory, chunk=CHUNK)
     assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES[loss]), leaves), expected_grads)
+
+
+#: plans with a kick first, a drift first (a user scheme) and both in one stage (the ablation)
+USER_SCHEME = Scheme(
+    "drift_kick_drift", ((Substep("drift", 0.5),), (Substep("kick"),), (Substep("drift", 0.5),)), True, 2
+)
+DAMPED_SCHEMES = {**SCHEMES, USER_SCHEME.name: USER_SCHEME}
+
+
+@pytest.mark.parametrize("scheme", sorted(DAMPED_SCHEMES))
+@pytest.mark.parametrize(("memory", "anchor_every"), MODES)
+def test_damped_hamiltonian_scan_matches_the_damped_plain_loop_and_its_decay_gradient(
+    scheme, memory, anchor_every
+):
+    """With ``decay`` every step starts with p <- d * p; values and every gradient, d's included,
+    equal autograd through that loop, for every plan and memory mode."""
+    if memory == "reversible" and not DAMPED_SCHEMES[scheme].symplectic:
+        pytest.skip("reversible needs an exact inverse")
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = hamiltonian_leaves()
+    decay = (0.5 + 0.5 * torch.rand(N, dtype=F64)).requires_grad_()
+    leaves = [x, w_ih, b_ih, p0, q0, kq, kp, bp, decay]
+    s = DAMPED_SCHEMES[scheme]
+    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, 0.3, s, decay)
+    weights = loss_weights(*expected)
+    expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES["all"]), leaves)
+    actual = hamiltonian_scan(
+        x, p0, q0, kq, kp, bp, 0.3, s, memory, anchor_every, weight_ih=w_ih, bias_ih=b_ih, chunk=CHUNK,
+        decay=decay,
+    )  # fmt: skip
+    assert_all_close(actual, expected)
+    assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES["all"]), leaves), expected_grads)
+    # the decay acts: the undamped scan differs
+    undamped = hamiltonian_scan(x, p0, q0, kq, kp, bp, 0.3, s, weight_ih=w_ih, bias_ih=b_ih)
+    assert (undamped[1] - actual[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("memory", ["stored", "reversible"])
+def test_damped_hamiltonian_scan_passes_gradcheck(memory):
+    x, w_ih, b_ih, p0, q0, kq, kp, bp = hamiltonian_leaves(seq_len=5, batch=2, n=3)
+    decay = (0.5 + 0.5 * torch.rand(3, dtype=F64)).requires_grad_()
+
+    def f(x, p0, q0, kq, kp, bp, decay):
+        return hamiltonian_scan(x, p0, q0, kq, kp, bp, 0.25, "verlet", memory, 2 if memory == "reversible" else None,
+                                chunk=2, decay=decay)  # fmt: skip
+
+    assert torch.autograd.gradcheck(
+        f, ((x @ w_ih.T + b_ih).detach().requires_grad_(), p0, q0, kq, kp, bp, decay)
+    )
+
+
+@pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
+@pytest.mark.parametrize(
+    ("memory", "anchor_every"), [("stored", None), ("reversible", None), ("reversible", 4)]
+)
+@pytest.mark.parametrize("seq_len", [1, 7, 130])
+def test_damped_cell_scan_equals_its_plain_step_loop_in_value_and_every_gradient(
+    scheme, memory, anchor_every, seq_len
+):
+    """A damped HamiltonianRNN runs in the scan; output, h_n and the gradients of x, hx and of every
+    parameter (log_timescale and damping_raw included) equal the plain loop over
+    ``HamiltonianCell.step`` (``fast=False``, stored) to 1e-10. The inverse step divides p by the
+    decay, so a rebuild amplifies round-off by 1/d per step: the damping is mild enough here for
+    130 steps without an anchor."""
+    kw = {"scheme": scheme, "damping": 0.5, "dt": 0.3, "dtype": F64}
+    fast = HamiltonianRNN(D, N, memory=memory, anchor_every=anchor_every, **kw)
+    reference = HamiltonianRNN(D, N, fast=False, **kw)
+    reference.load_state_dict(fast.state_dict())
+    assert fast.cells[0].acceleration() is not None and reference.cells[0].acceleration() is None
+    names = {name for name, _ in fast.named_parameters()}
+    assert {"cells.0.log_timescale", "cells.0.damping_raw"} <= names
+    x = torch.randn(seq_len, B, D, dtype=F64, requires_grad=True)
+    hx = tuple(torch.randn(1, B, N, dtype=F64, requires_grad=True) for _ in range(2))
+    results, grads = [], []
+    for model in (fast, reference):
+        output, h_n = model(x, hx)
+        results.append((output, *h_n))
+        weights = loss_weights(*results[-1])
+        loss = sum((r * w).sum() for r, w in zip(results[-1], weights, strict=True))
+        grads.append(torch.autograd.grad(loss, [x, *hx, *model.parameters()]))
+    assert_all_close(*results)
+    assert_all_close(*grads)
+
+
+@pytest.mark.parametrize(
+    ("decay", "error", "message"),
+    [
+        (torch.ones(N + 1, dtype=F64), ValueError, r"decay must have shape \(4,\), got \(5,\)"),
+        (torch.ones(1, N, dtype=F64), ValueError, r"decay must have shape \(4,\)"),
+        (torch.ones(N), TypeError, "decay must match the state's dtype and device"),
+        ([1.0] * N, TypeError, "decay must be a torch.Tensor"),
+    ],
+)
+def test_hamiltonian_scan_rejects_a_bad_decay_with_a_clear_error(decay, error, message):
+    state, weight = torch.zeros(B, N, dtype=F64), torch.zeros(N, N, dtype=F64)
+    with pytest.raises(error, match=message):
+        hamiltonian_scan(torch.zeros(T, B, N, dtype=F64), state, state, weight, weight, weight[0], 0.1,
+                         decay=decay)  # fmt: skip
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.7])
@@ -304,8 +405,15 @@ ACCELERATED = {
     for scheme in SCHEMES.values()
     if scheme.plan == plan
 }
+#: the same with damping, for every accelerated cell that has the option
+DAMPED = {
+    f"{name}-damped": (layer, {**options, "damping": 0.5})
+    for name, (layer, options) in ACCELERATED.items()
+    if "damping" in inspect.signature(layer.cell_class).parameters
+}
 LAYERS = {
     **ACCELERATED,
+    **DAMPED,
     "OscillatorCell-symplectic_euler": (_layer_of(OscillatorRNN.cell_class), {"dt": 0.5, "alpha": 0.7}),
 }
 LAYOUTS = {"time_major": (T, B, D), "batch_first": (B, T, D), "unbatched": (T, D)}

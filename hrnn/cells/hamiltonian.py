@@ -288,10 +288,6 @@ class HamiltonianCell(SeparableHamiltonianCell):
         decay = self.friction(h)
         return (p if decay is None else p / decay), q
 
-    def acceleration(self) -> Scan | None:
-        # the hand-written scans integrate the conservative energy only
-        return None if self.damping_raw is not None else super().acceleration()
-
     def max_frequency(self) -> float:
         r""":math:`\hat\omega` as a float: the largest linearised frequency the energy can have."""
         return float(self.frequency_bound())
@@ -396,9 +392,10 @@ class OscillatorCell(SeparableHamiltonianCell):
 
 def _log_cosh_scan(cell: HamiltonianCell, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     weight_q, weight_p = cell.effective_weights()
+    h = cell.step_size()
     return hamiltonian_scan(
-        x, p, q, weight_q, weight_p, cell.bias_p, cell.step_size(), cell.scheme, cell.memory,
-        cell.anchor_every, weight_ih=cell.weight_ih, bias_ih=cell.bias_ih,
+        x, p, q, weight_q, weight_p, cell.bias_p, h, cell.scheme, cell.memory, cell.anchor_every,
+        weight_ih=cell.weight_ih, bias_ih=cell.bias_ih, decay=cell.friction(h),
     )  # fmt: skip
 
 

@@ -13,6 +13,11 @@ grouped in *stages* whose substeps read the same state (the scheme's ``plan``,
 version of its target into state buffer ``s`` (row ``t + 1`` for step ``t``, row 0 for the initial
 state), so forward, inverse and backward all run off one static table (:class:`Layout`).
 
+With a per-unit ``decay`` :math:`d` (the damped cell's friction, :meth:`hrnn.cells.HamiltonianCell.friction`)
+every step first sets :math:`p \leftarrow d \odot p`, into a buffer of its own after the substeps'; the
+inverse divides by :math:`d` after undoing the substeps, and the backward sends :math:`d \odot g` to the
+previous p and adds :math:`\sum_{t,b} g \odot p` to :math:`\bar d`.
+
 Backward of a substep :math:`y' = y + \sigma\,dt\,\tanh(x K^\top + b) K` with output cotangent
 :math:`g`: :math:`z = (g\,\sigma\,dt\,K^\top) \odot (1 - a^2)`, :math:`\bar x \mathrel{+}= z K`,
 :math:`\bar K \mathrel{+}= \sigma\,dt\,a^\top g + z^\top x`, :math:`\bar b \mathrel{+}= z`.
@@ -52,6 +57,12 @@ class Layout:
     source: tuple[Ref, ...]
     previous: tuple[Ref, ...]
     final: dict[str, int]  # variable -> the substep writing its last version in a step
+    friction: int | None = None  # the buffer of the decayed p a damped step starts from
+
+    @property
+    def buffers(self) -> int:
+        """Number of state buffers: one per substep, and the decayed p's."""
+        return len(self.kinds) + (self.friction is not None)
 
     @property
     def input_substep(self) -> int:
@@ -59,8 +70,11 @@ class Layout:
         return self.kinds.index("kick")
 
     @classmethod
-    def of(cls, plan: Plan) -> Layout:
+    def of(cls, plan: Plan, damped: bool = False) -> Layout:
+        """The layout of ``plan``; ``damped`` adds the buffer of the decayed p, which then replaces
+        the previous step's p wherever a substep reads it."""
         flat = [sub for stage in plan for sub in stage]
+        friction = len(flat) if damped else None
         stages, kinds, sigma, stage_of = [], [], [], []
         for j, stage in enumerate(plan):
             stages.append(tuple(range(len(kinds), len(kinds) + len(stage))))
@@ -76,17 +90,19 @@ class Layout:
 
         def version_before(var: str, stage: int) -> Ref:
             writers = [s for s, sub in enumerate(flat) if KINDS[sub.kind][0] == var and stage_of[s] < stage]
-            return (writers[-1], 0) if writers else (final[var], 1)
+            if writers:
+                return writers[-1], 0
+            return (friction, 0) if var == "p" and damped else (final[var], 1)
 
         source = tuple(version_before(KINDS[k][1], stage_of[s]) for s, k in enumerate(kinds))
         previous = tuple(version_before(KINDS[k][0], stage_of[s]) for s, k in enumerate(kinds))
-        return cls(tuple(kinds), tuple(sigma), tuple(stages), source, previous, final)
+        return cls(tuple(kinds), tuple(sigma), tuple(stages), source, previous, final, friction)
 
 
 @functools.lru_cache(maxsize=64)
-def layout_of(plan: Plan) -> Layout:
-    """The buffer layout of a scheme's plan (cached: plans are immutable)."""
-    return Layout.of(plan)
+def layout_of(plan: Plan, damped: bool = False) -> Layout:
+    """The buffer layout of a scheme's plan, with or without friction (cached: plans are immutable)."""
+    return Layout.of(plan, damped)
 
 
 @dataclass(frozen=True)
@@ -96,10 +112,19 @@ class _Params:
     weight: tuple[Tensor, ...]
     bias_p: Tensor
     dt: float
+    decay: Tensor | None = None
 
     @classmethod
-    def of(cls, layout: Layout, weight_q: Tensor, weight_p: Tensor, bias_p: Tensor, dt: float) -> _Params:
-        return cls(tuple(weight_q if k == "kick" else weight_p for k in layout.kinds), bias_p, dt)
+    def of(
+        cls,
+        layout: Layout,
+        weight_q: Tensor,
+        weight_p: Tensor,
+        bias_p: Tensor,
+        dt: float,
+        decay: Tensor | None,
+    ) -> _Params:
+        return cls(tuple(weight_q if k == "kick" else weight_p for k in layout.kinds), bias_p, dt, decay)
 
 
 def _forward_segment(
@@ -110,47 +135,67 @@ def _forward_segment(
     ``act[s]`` (m, B, n) receives the activations; ``state[s]`` (m + 1, B, n) holds the versions,
     row 0 the state before the segment (forward) or row m the state after it (inverse).
     """
-    u_rows = u.unbind(0)
-    act_rows = [a.unbind(0) for a in act]
-    state_rows = [x.unbind(0) for x in state]
-    weight, dt = prm.weight, prm.dt
-    weight_t = [w.T for w in weight]
-    bias = [None if k == "kick" else prm.bias_p for k in layout.kinds]
-    steps = range(len(u_rows) - 1, -1, -1) if inverse else range(len(u_rows))
-    substeps = tuple(reversed(range(len(layout.kinds))))
-    for r in steps:
-        u_r = u_rows[r]
-        if inverse:
-            # every stage of a symplectic plan is one substep, and its source is left unchanged by it
-            for s in substeps:
-                (sb, sl), (pb, pl) = layout.source[s], layout.previous[s]
-                a = act_rows[s][r]
-                torch.addmm(
-                    u_r if bias[s] is None else bias[s], state_rows[sb][r + 1 - sl], weight_t[s], out=a
-                )
-                a.tanh_()
-                torch.addmm(
-                    state_rows[s][r + 1],
-                    a,
-                    weight[s],
-                    alpha=-layout.sigma[s] * dt,
-                    out=state_rows[pb][r + 1 - pl],
-                )
-            continue
+    rows = _Rows(layout, prm, u, act, state)
+    if inverse:
+        for r in range(len(rows.u) - 1, -1, -1):
+            rows.undo(r)
+    else:
+        for r in range(len(rows.u)):
+            rows.step(r)
+
+
+class _Rows:
+    """One segment's per-step views and the forward and inverse of one step on them."""
+
+    def __init__(
+        self, layout: Layout, prm: _Params, u: Tensor, act: list[Tensor], state: list[Tensor]
+    ) -> None:
+        self.layout, self.dt, self.decay = layout, prm.dt, prm.decay
+        self.u = u.unbind(0)
+        self.act = [a.unbind(0) for a in act]
+        self.state = [x.unbind(0) for x in state]
+        self.weight = prm.weight
+        self.weight_t = [w.T for w in prm.weight]
+        self.bias = [None if k == "kick" else prm.bias_p for k in layout.kinds]
+        self.p_last = layout.final["p"]
+
+    def activate(self, s: int, r: int) -> Tensor:
+        """``act[s][r] = tanh(source K^T + b)`` of substep ``s`` at step ``r``."""
+        sb, sl = self.layout.source[s]
+        a = self.act[s][r]
+        bias = self.u[r] if self.bias[s] is None else self.bias[s]
+        torch.addmm(bias, self.state[sb][r + 1 - sl], self.weight_t[s], out=a)
+        return a.tanh_()
+
+    def step(self, r: int) -> None:
+        layout, state = self.layout, self.state
+        if layout.friction is not None:
+            torch.mul(state[self.p_last][r], self.decay, out=state[layout.friction][r + 1])
         for stage in layout.stages:
             for s in stage:
-                sb, sl = layout.source[s]
-                a = act_rows[s][r]
-                torch.addmm(
-                    u_r if bias[s] is None else bias[s], state_rows[sb][r + 1 - sl], weight_t[s], out=a
-                )
-                a.tanh_()
+                self.activate(s, r)
             for s in stage:
                 pb, pl = layout.previous[s]
                 torch.addmm(
-                    state_rows[pb][r + 1 - pl], act_rows[s][r], weight[s], alpha=layout.sigma[s] * dt,
-                    out=state_rows[s][r + 1],
+                    state[pb][r + 1 - pl], self.act[s][r], self.weight[s], alpha=layout.sigma[s] * self.dt,
+                    out=state[s][r + 1],
                 )  # fmt: skip
+
+    def undo(self, r: int) -> None:
+        layout, state = self.layout, self.state
+        # every stage of a symplectic plan is one substep, and its source is left unchanged by it
+        for s in reversed(range(len(layout.kinds))):
+            pb, pl = layout.previous[s]
+            a = self.activate(s, r)
+            torch.addmm(
+                state[s][r + 1],
+                a,
+                self.weight[s],
+                alpha=-layout.sigma[s] * self.dt,
+                out=state[pb][r + 1 - pl],
+            )
+        if layout.friction is not None:
+            torch.div(state[layout.friction][r + 1], self.decay, out=state[self.p_last][r])
 
 
 def _sum_into(terms: list, out: Tensor) -> Tensor:
@@ -179,13 +224,14 @@ class _Workspace:
     reads slices of the forward's buffers instead.
     """
 
-    def __init__(self, n_sub: int, rows: int, like: Tensor, rebuild: bool) -> None:
-        shape = (rows, *like.shape)
-        self.cot = [like.new_empty(shape) for _ in range(n_sub)]
-        self.z = [like.new_empty(shape) for _ in range(n_sub)]
+    def __init__(self, layout: Layout, rows: int, like: Tensor, rebuild: bool) -> None:
+        shape, n_sub, n_buf = (rows, *like.shape), len(layout.kinds), layout.buffers
+        # the decayed p's cotangent and its product with the decay take the last cot and z
+        self.cot = [like.new_empty(shape) for _ in range(n_buf)]
+        self.z = [like.new_empty(shape) for _ in range(n_buf)]
         self.sech2 = [like.new_empty(shape) for _ in range(n_sub)]
         self.act = [like.new_empty(shape) for _ in range(n_sub)] if rebuild else []
-        self.state = [like.new_empty((rows + 1, *like.shape)) for _ in range(n_sub)] if rebuild else []
+        self.state = [like.new_empty((rows + 1, *like.shape)) for _ in range(n_buf)] if rebuild else []
 
 
 def _materialise(pending: dict) -> None:
@@ -216,14 +262,14 @@ def _backward_segment(
     m, n_sub, dt = act[0].shape[0], len(layout.kinds), prm.dt
     scaled_t = [(layout.sigma[s] * dt) * prm.weight[s].T for s in range(n_sub)]
     cot = [c[:m] for c in ws.cot]
-    z = [du if s == layout.input_substep else ws.z[s][:m] for s in range(n_sub)]
+    z = [du if s == layout.input_substep else x[:m] for s, x in enumerate(ws.z)]
     one = torch.ones((), dtype=du.dtype, device=du.device)
     sech2 = [torch.addcmul(one, a, a, value=-1, out=d[:m]) for a, d in zip(act, ws.sech2, strict=True)]
     cot_rows = [c.unbind(0) for c in cot]
     z_rows = [x.unbind(0) for x in z]
     sech2_rows = [x.unbind(0) for x in sech2]
     go_rows = grad_out.unbind(0) if grad_out is not None else None
-    final_q = layout.final["q"]
+    final_q, fp, friction = layout.final["q"], layout.final["p"], layout.friction
     order = tuple(reversed(range(n_sub)))
     for r in range(m - 1, -1, -1):
         row = t0 + r + 1
@@ -236,25 +282,47 @@ def _backward_segment(
             (pb, pl), (sb, sl) = layout.previous[s], layout.source[s]
             pending[(pb, row - pl)].append(g)
             pending[(sb, row - sl)].append((zr, prm.weight[s]))
+        if friction is not None:
+            g = _sum_into(pending.pop((friction, row), []), cot_rows[friction][r])
+            pending[(fp, row - 1)].append(torch.mul(g, prm.decay, out=z_rows[friction][r]))
     _materialise(pending)
-    n = act[0].shape[-1]
-    for s in range(n_sub):
+    _segment_parameter_grads(layout, prm, act, state, cot, z, du, grads)
+
+
+def _segment_parameter_grads(
+    layout: Layout,
+    prm: _Params,
+    act: list[Tensor],
+    state: list[Tensor],
+    cot: list[Tensor],
+    z: list[Tensor],
+    du: Tensor,
+    grads: dict[str, Tensor],
+) -> None:
+    """Add one segment's parameter gradients, from its cotangents, in a few large matrix multiplies."""
+    m, n = act[0].shape[0], act[0].shape[-1]
+    for s in range(len(layout.kinds)):
         sb, sl = layout.source[s]
         zf = z[s].reshape(-1, n)
         grad = grads["weight_q" if layout.kinds[s] == "kick" else "weight_p"]
-        grad.addmm_(act[s].reshape(-1, n).T, cot[s].reshape(-1, n), alpha=layout.sigma[s] * dt)
+        grad.addmm_(act[s].reshape(-1, n).T, cot[s].reshape(-1, n), alpha=layout.sigma[s] * prm.dt)
         grad.addmm_(zf.T, state[sb][1 - sl : m + 1 - sl].reshape(-1, n))
         if layout.kinds[s] == "drift":
             grads["bias_p"].add_(zf.sum(0))
         elif s != layout.input_substep:
             du.add_(z[s])
+    if "decay" in grads:
+        # sum over (t, b) of g * p before the decay; z's rows were consumed by _materialise
+        f = layout.friction
+        product = torch.mul(cot[f], state[layout.final["p"]][:m], out=z[f])
+        grads["decay"].add_(product.reshape(-1, n).sum(0))
 
 
 class _HamiltonianScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, data, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, layout, dt, cfg):
+    def forward(ctx, data, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, dt, cfg):
         term = InputTerm(data, weight_ih, bias_ih)
-        prm = _Params.of(layout, weight_q, weight_p, bias_p, dt)
+        prm = _Params.of(layout, weight_q, weight_p, bias_p, dt, decay)
         seq_len, (batch, n), n_sub = data.shape[0], p0.shape, len(layout.kinds)
         keep = any(ctx.needs_input_grad)
         stored = keep and not cfg.reversible
@@ -265,7 +333,7 @@ class _HamiltonianScan(torch.autograd.Function):
         q_all = p0.new_empty(seq_len + 1, batch, n)
         q_all[0] = q0
         act = [p0.new_empty(rows, batch, n) for _ in range(n_sub)]
-        state = [q_all if s == fq else p0.new_empty(rows + 1, batch, n) for s in range(n_sub)]
+        state = [q_all if s == fq else p0.new_empty(rows + 1, batch, n) for s in range(layout.buffers)]
         state[fp][0] = p0
         u_all = term.segment(0, seq_len) if stored else None
         kept, m = [], 0
@@ -288,10 +356,10 @@ class _HamiltonianScan(torch.autograd.Function):
         ctx.layout, ctx.dt, ctx.cfg, ctx.shape = layout, dt, cfg, (seq_len, batch, n)
         if stored:
             x = data if weight_ih is not None else None  # u itself is not needed: activations are stored
-            ctx.save_for_backward(x, weight_q, weight_p, bias_p, weight_ih, bias_ih, *act, *state)
+            ctx.save_for_backward(x, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, *act, *state)
         elif keep:
             ctx.save_for_backward(
-                data, weight_q, weight_p, bias_p, weight_ih, bias_ih, p_final, q_final, *kept
+                data, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, p_final, q_final, *kept
             )
         return q_all[1:], p_final, q_final
 
@@ -300,9 +368,9 @@ class _HamiltonianScan(torch.autograd.Function):
     def backward(ctx, grad_out, grad_p, grad_q):
         layout, dt, cfg = ctx.layout, ctx.dt, ctx.cfg
         seq_len, batch, n = ctx.shape
-        data, weight_q, weight_p, bias_p, weight_ih, bias_ih, *rest = ctx.saved_tensors
+        data, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, *rest = ctx.saved_tensors
         n_sub, fp, fq = len(layout.kinds), layout.final["p"], layout.final["q"]
-        prm = _Params.of(layout, weight_q, weight_p, bias_p, dt)
+        prm = _Params.of(layout, weight_q, weight_p, bias_p, dt, decay)
         segments = cfg.segments(seq_len)
         rows = max(b - a for a, b in segments)
         like = weight_q.new_empty(batch, n)
@@ -310,14 +378,15 @@ class _HamiltonianScan(torch.autograd.Function):
         term, input_grad = backward_input(
             data, weight_ih, bias_ih, (seq_len, batch, n), rows, like, (needs[0], needs[6], needs[7])
         )
-        grads = {
-            name: torch.zeros_like(t) for name, t in zip(_PARAMS, (weight_q, weight_p, bias_p), strict=True)
-        }
+        params = {"weight_q": weight_q, "weight_p": weight_p, "bias_p": bias_p}
+        if decay is not None and needs[8]:
+            params["decay"] = decay
+        grads = {name: torch.zeros_like(t) for name, t in params.items()}
         pending: dict = defaultdict(list)
         for var, g in (("p", grad_p), ("q", grad_q)):
             if g is not None:
                 pending[(layout.final[var], seq_len)].append(g)
-        ws = _Workspace(n_sub, rows, like, rebuild=cfg.reversible)
+        ws = _Workspace(layout, rows, like, rebuild=cfg.reversible)
         if cfg.reversible:
             p_final, q_final, *saved = rest
             anchors = cfg.anchors(seq_len, (p_final, q_final), saved)
@@ -339,10 +408,19 @@ class _HamiltonianScan(torch.autograd.Function):
         grad_p0 = _sum_into(pending.pop((fp, 0), []), torch.empty_like(like))
         grad_q0 = _sum_into(pending.pop((fq, 0), []), torch.empty_like(like))
         d_data, d_weight_ih, d_bias_ih = input_grad.result()
-        return (d_data, grad_p0, grad_q0, *grads.values(), d_weight_ih, d_bias_ih, None, None, None)
-
-
-_PARAMS = ("weight_q", "weight_p", "bias_p")
+        weights = (grads["weight_q"], grads["weight_p"], grads["bias_p"])
+        return (
+            d_data,
+            grad_p0,
+            grad_q0,
+            *weights,
+            d_weight_ih,
+            d_bias_ih,
+            grads.get("decay"),
+            None,
+            None,
+            None,
+        )
 
 
 def hamiltonian_scan(
@@ -360,11 +438,13 @@ def hamiltonian_scan(
     weight_ih: Tensor | None = None,
     bias_ih: Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
+    decay: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Run the Hamiltonian cell over a whole sequence; same result as the plain loop of ``scheme`` steps.
 
     Step ``t``: ``get_scheme(scheme).step(p, q, grad_v, grad_t, dt)`` with
-    :math:`\nabla V_t(q) = K_q^\top\tanh(K_q q + u_t)`, :math:`\nabla T(p) = K_p^\top\tanh(K_p p + b_p)`.
+    :math:`\nabla V_t(q) = K_q^\top\tanh(K_q q + u_t)`, :math:`\nabla T(p) = K_p^\top\tanh(K_p p + b_p)`;
+    with ``decay`` :math:`d`, the step starts with :math:`p \leftarrow d \odot p`.
 
     Args:
         u: projected input (T, B, n) :math:`= x W_{ih}^\top + b_{ih}`; or, when ``weight_ih`` is given,
@@ -381,17 +461,23 @@ def hamiltonian_scan(
             (default :data:`~hrnn.fast.DEFAULT_ANCHOR_EVERY`); a value >= T keeps none.
         weight_ih, bias_ih: optional input projection :math:`W_{ih}` (n, d), :math:`b_{ih}` (n,).
         chunk: segment length of the backward workspace.
+        decay: optional per-unit friction :math:`d` (n,), in (0, 1] (the damped cell's
+            :meth:`~hrnn.cells.HamiltonianCell.friction`; differentiated). ``None``: the conservative step.
 
     Returns:
         ``(outputs, p_T, q_T)``: :math:`q_t` of every step (T, B, n) and the final state, each (B, n).
     """
     s = get_scheme(scheme)
     n = p0.shape[-1] if isinstance(p0, Tensor) else 0
-    params = {"weight_q": (weight_q, (n, n)), "weight_p": (weight_p, (n, n)), "bias_p": (bias_p, (n,))}
+    params = {
+        "weight_q": (weight_q, (n, n)), "weight_p": (weight_p, (n, n)), "bias_p": (bias_p, (n,)),
+        "decay": (decay, (n,)),
+    }  # fmt: skip
     cfg = validate_scan_inputs(
         u, p0, q0, params, weight_ih, bias_ih, dt, memory, anchor_every, chunk, s.symplectic
     )
     step = float(dt)
+    layout = layout_of(s.plan, decay is not None)
     return _HamiltonianScan.apply(
-        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, layout_of(s.plan), step, cfg
+        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, step, cfg
     )
