@@ -46,6 +46,7 @@ __all__ = [
     "load_yaml",
     "parse_args",
     "validate_config",
+    "warmup_cosine_schedule",
 ]
 
 
@@ -59,6 +60,20 @@ def cosine_schedule(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def warmup_cosine_schedule(step: int, total: int, warmup: float = 0.05) -> float:
+    r"""Linear warm-up over the first ``warmup`` fraction of ``total`` steps, then cosine decay to 0.
+
+    With :math:`W = \lceil \text{warmup} \cdot S \rceil` warm-up steps the factor is :math:`(s + 1) / W`
+    for :math:`s < W` (the first update already moves, the last warm-up update has the full rate),
+    then :math:`(1 + \cos(\pi (s - W) / (S - W))) / 2`.
+    """
+    warm = max(1, math.ceil(warmup * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(step - warm, total - warm) / max(total - warm, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 # The names the string fields accept, and what each means.
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -66,7 +81,11 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
-SCHEDULES: dict[str, Callable[[int, int], float]] = {"constant": constant_schedule, "cosine": cosine_schedule}
+SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": constant_schedule,
+    "cosine": cosine_schedule,
+    "warmup_cosine": warmup_cosine_schedule,
+}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 WANDB_MODES = ("offline", "online", "disabled")
 # The names each string field accepts (a task or model registry, or one of the tables above).
