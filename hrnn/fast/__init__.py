@@ -1,8 +1,8 @@
 """Fast whole-sequence recurrences of the Hamiltonian cells, with hand-written backward passes.
 
 ``hamiltonian_scan`` and ``oscillator_scan`` compute exactly what the cells' plain loops over
-:mod:`hrnn.integrators` compute (the log-cosh scan for any scheme plan, the oscillator scan for
-symplectic Euler), with the input projection outside the loop, a backward pass
+:mod:`hrnn.integrators` compute (the log-cosh scan for any scheme plan, with optional per-unit
+friction, the oscillator scan for symplectic Euler), with the input projection outside the loop, a backward pass
 that gathers the parameter gradients of many steps into a few large matrix multiplies, and an
 optional reversible mode whose memory does not grow with the sequence length.
 """

@@ -463,6 +463,9 @@ def hamiltonian_scan(
         chunk: segment length of the backward workspace.
         decay: optional per-unit friction :math:`d` (n,), in (0, 1] (the damped cell's
             :meth:`~hrnn.cells.HamiltonianCell.friction`; differentiated). ``None``: the conservative step.
+            The reversible rebuild divides by :math:`d` every step, so its round-off grows
+            geometrically with the steps between anchors: with strong damping, use a short
+            ``anchor_every`` (or ``"stored"``).
 
     Returns:
         ``(outputs, p_T, q_T)``: :math:`q_t` of every step (T, B, n) and the final state, each (B, n).
