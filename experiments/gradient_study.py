@@ -180,9 +180,14 @@ def sensitivity_profile(model: nn.Module, x: Tensor) -> SensitivityProfile:
 # ----------------------------------------------------------------------------- one (model, T)
 
 
-def model_kwargs(name: str) -> dict[str, str]:
+#: The study measures the conservative recurrences of the seed papers: the log-cosh cell without
+#: its timescales and damping (its default since they were added; see docs/step_size.md).
+CONSERVATIVE = {"hamiltonian": {"timescales": None, "damping": None}}
+
+
+def model_kwargs(name: str) -> dict[str, object]:
     """Layer options of ``name`` in the study: ``dt="auto"`` (chosen from T) for the Hamiltonian cells."""
-    return {"dt": "auto"} if name in AUTO_DT_MODELS else {}
+    return {"dt": "auto", **CONSERVATIVE.get(name, {})} if name in AUTO_DT_MODELS else {}
 
 
 def _build(name: str, hidden_size: int, seq_len: int, seed: int) -> nn.Module:

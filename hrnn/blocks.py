@@ -136,16 +136,25 @@ class ResidualStack(nn.Module):
         ``forward(x, hx)[0]`` when ``state = forward(x, hx)[1]``, but a function of ``state``, so a
         perturbation of the state after the step reaches the output (:mod:`hrnn.gradients`).
         """
-        parts, hidden = _parts(state), self.encoder(x)
+        hidden = self.encoder(x)
         for i, block in enumerate(self.blocks):
-            last_layer = (i + 1) * self.layers_per_block - 1
-            emitted = parts[getattr(block.layer, "output_index", 0)][last_layer]
-            update = F.glu(block.mix(F.gelu(emitted.unsqueeze(1))), dim=-1)
-            hidden = hidden + block.dropout(update)
+            block_state = _block_state(state, i, self.layers_per_block)
+            hidden = hidden + block.dropout(
+                F.glu(block.mix(F.gelu(_layer_output(block, hidden, block_state))), dim=-1)
+            )
         return self.norm(hidden)
 
     def extra_repr(self) -> str:
         return f"num_blocks={self.num_blocks}, batch_first={self.batch_first}"
+
+
+def _layer_output(block: ResidualBlock, hidden: Tensor, state: State) -> Tensor:
+    """A block's layer output (batch, 1, n) at one step, as a function of the state it reached."""
+    layer = block.layer
+    if hasattr(layer, "output_from_states"):  # a read-out of the state and input, e.g. C y + D u
+        return layer.output_from_states(block.norm(hidden), state)
+    index = getattr(layer, "output_index", 0)  # the emitted part; torch's layers emit h, their first
+    return _parts(state)[index][-1].unsqueeze(1)
 
 
 def _block_state(hx: State, block: int, layers: int) -> State:

@@ -12,6 +12,7 @@ from hrnn.cells import (
     GatedAntisymmetricCell,
     HamiltonianCell,
     OscillatorCell,
+    RecurrentCell,
     SeparableHamiltonianCell,
 )
 from hrnn.hamiltonians import canonical_j
@@ -21,7 +22,12 @@ from hrnn.rnn import RecurrentLayer
 from hrnn.step_size import heuristic_dt
 
 # every cell of the registry's hrnn layers
-CELLS = [layer.cell_class for layer in MODELS.values() if hasattr(layer, "cell_class")]
+# the cells of the RecurrentCell protocol (project / step / scan); LinOSS runs whole sequences only
+CELLS = [
+    layer.cell_class
+    for layer in MODELS.values()
+    if issubclass(getattr(layer, "cell_class", type(None)), RecurrentCell)
+]
 N, IN, B = 5, 3, 4
 
 
@@ -45,7 +51,7 @@ def _symplecticity_error(cell: HamiltonianCell | OscillatorCell) -> float:
 
 @pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
 def test_hamiltonian_step_is_symplectic(scheme):
-    cell = HamiltonianCell(IN, N, dt=0.5, scheme=scheme, dtype=torch.float64)
+    cell = HamiltonianCell(IN, N, dt=0.5, scheme=scheme, damping=None, dtype=torch.float64)
     with torch.no_grad():  # off the zero-bias initialisation, so every term of the step matters
         cell.bias_p.normal_()
         cell.weight_q.mul_(1.5)
@@ -61,12 +67,13 @@ def test_euler_scheme_step_is_not_symplectic():
     cell = HamiltonianCell(IN, N, dt=0.5, scheme="euler", dtype=torch.float64)
     assert _symplecticity_error(cell) > 1e-3
     assert not cell.symplectic
-    assert HamiltonianCell(IN, N).symplectic and OscillatorCell(IN, N).symplectic
+    assert HamiltonianCell(IN, N, damping=None).symplectic and OscillatorCell(IN, N).symplectic
+    assert not HamiltonianCell(IN, N).symplectic  # the default is damped: conformally symplectic
 
 
 @pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet", "euler"])
 def test_hamiltonian_step_matches_log_cosh_equations(scheme):
-    cell = HamiltonianCell(IN, N, dt=0.3, timescales=None, scheme=scheme, dtype=torch.float64)
+    cell = HamiltonianCell(IN, N, dt=0.3, timescales=None, damping=None, scheme=scheme, dtype=torch.float64)
     x = torch.randn(B, IN, dtype=torch.float64)
     p, q = _state(cell)
     Kp, Kq, bp, h = cell.weight_p, cell.weight_q, cell.bias_p, 0.3
@@ -271,7 +278,9 @@ LEAPFROG = Scheme(
 
 
 def test_a_user_scheme_object_is_kept_and_runs_the_cell():
-    cell = HamiltonianCell(2, 4, dt=0.1, timescales=None, scheme=LEAPFROG, fast=False, dtype=torch.float64)
+    cell = HamiltonianCell(
+        2, 4, dt=0.1, timescales=None, damping=None, scheme=LEAPFROG, fast=False, dtype=torch.float64
+    )
     assert cell.scheme is LEAPFROG and cell.symplectic and "scheme=my_leapfrog" in repr(cell)
     x = torch.randn(6, 3, 2, dtype=torch.float64)
     out, *_ = cell.forward_sequence(x, *cell.initial_state(3, x))

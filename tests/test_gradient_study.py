@@ -135,14 +135,15 @@ def test_sensitivity_of_linear_recurrence_is_a_power_of_a():
 @pytest.mark.parametrize("name", ["hamiltonian", "oscillator"])
 def test_sensitivity_of_hamiltonian_cells_is_symplectic_and_never_below_one(name):
     torch.manual_seed(0)
-    model = build_model(name, 2, 4, 1, num_blocks=0, readout="last", dt="auto", seq_len=40)
+    model = build_model(name, 2, 4, 1, num_blocks=0, readout="last", seq_len=40, **model_kwargs(name))
     profile = sensitivity_profile(model, torch.rand(40, 2))
     assert profile.max_symplecticity_error < 1e-10
     assert profile.min_norm >= 1.0 - 1e-10
 
 
 def test_only_hamiltonian_cells_choose_dt_from_the_sequence_length():
-    assert model_kwargs("hamiltonian") == model_kwargs("oscillator") == {"dt": "auto"}
+    assert model_kwargs("oscillator") == {"dt": "auto"}
+    assert model_kwargs("hamiltonian") == {"dt": "auto", "timescales": None, "damping": None}
     assert model_kwargs("lstm") == model_kwargs("antisymmetric") == {}
 
 

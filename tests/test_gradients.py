@@ -41,9 +41,12 @@ def _direct_state_gradient_norm(model, x, y, t: int) -> float:
     if t < x.shape[1]:
         output, _ = model.rnn(x[:, t:], _pack(leaf))
         prediction = model.decode(output)
-    else:  # the last state: the loss sees it through the head on its emitted part
+    else:  # the last state: the loss sees it through the head on the last output
         emitted = getattr(model.rnn, "output_index", 0)
-        prediction = model.head(leaf[emitted][-1])
+        if emitted is None:  # the output is a read-out of the state (LinOSS: C y + D u)
+            prediction = model.head(model.rnn.output_from_states(x[:, -1:], _pack(leaf))[:, -1])
+        else:
+            prediction = model.head(leaf[emitted][-1])
     grads = torch.autograd.grad(F.mse_loss(prediction, y), leaf, allow_unused=True)
     return float(torch.stack([g.pow(2).sum() for g in grads if g is not None]).sum().sqrt())
 
@@ -118,7 +121,16 @@ def test_hamiltonian_gradients_do_not_vanish_at_T_1000_while_vanilla_rnns_do():
 @pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
 def test_backward_sensitivity_of_hamiltonian_cells_is_symplectic(scheme):
     model = build_model(
-        "hamiltonian", IN, N, 1, num_blocks=0, readout="last", dt=0.5, scheme=scheme, dtype=torch.float64
+        "hamiltonian",
+        IN,
+        N,
+        1,
+        num_blocks=0,
+        readout="last",
+        dt=0.5,
+        damping=None,
+        scheme=scheme,
+        dtype=torch.float64,
     )
     result = backward_sensitivity(model, torch.randn(30, IN, dtype=torch.float64))
     assert result.symplecticity_error.max().item() < 1e-10

@@ -124,9 +124,9 @@ def test_dtype_option_builds_the_whole_model_in_float64(name):
 
 
 def _hamiltonian_parameter_count(n_in: int, n: int, n_out: int, blocks: int) -> int:
-    # per block: LayerNorm, the layer (weight_ih + bias_ih + K_q + K_p + b_p + log_timescale) and
+    # per block: LayerNorm, the layer (weight_ih, bias_ih, K_q, K_p, b_p, log_timescale, damping_raw) and
     # the GLU mix Linear(n, 2n); then encoder Linear(n_in, n), final LayerNorm and the head.
-    layer = n * n + n + 2 * n * n + n + n
+    layer = n * n + n + 2 * n * n + n + n + n  # ... + log_timescale + damping_raw
     block = 2 * n + layer + 2 * n * n + 2 * n
     return n_in * n + n + blocks * block + 2 * n + n * n_out + n_out
 
@@ -134,7 +134,7 @@ def _hamiltonian_parameter_count(n_in: int, n: int, n_out: int, blocks: int) -> 
 def test_hamiltonian_parameter_count_matches_its_equations():
     model = build_model("hamiltonian", IN, 128, OUT)
     assert sum(p.numel() for p in model.parameters()) == _hamiltonian_parameter_count(IN, 128, OUT, 2)
-    bare = build_model("hamiltonian", IN, 128, OUT, num_blocks=0, timescales=None)
+    bare = build_model("hamiltonian", IN, 128, OUT, num_blocks=0, timescales=None, damping=None)
     assert sum(p.numel() for p in bare.parameters()) == 128 * IN + 128 + 2 * 128 * 128 + 128 + 128 * OUT + OUT
 
 

@@ -83,12 +83,16 @@ class SeparableHamiltonianCell(RecurrentCell):
         """The scheme changes the function the weights compute, so it is saved with them."""
         return {**super().function_options(), "scheme": self.scheme.name}
 
+    def anchor_interval(self) -> int | None:
+        """The reversible mode's anchor interval: ``anchor_every``, else the default."""
+        return self._anchor
+
     def grad_v(self, q: Tensor, u_t: Tensor) -> Tensor:
-        r""":math:`\\partial V / \\partial q` at ``q`` (batch, n) with input ``u_t`` (batch, n)."""
+        r""":math:`\partial V / \partial q` at ``q`` (batch, n) with input ``u_t`` (batch, n)."""
         raise NotImplementedError
 
     def grad_t(self, p: Tensor) -> Tensor:
-        r""":math:`\\partial T / \\partial p` at ``p`` (batch, n)."""
+        r""":math:`\partial T / \partial p` at ``p`` (batch, n)."""
         raise NotImplementedError
 
     def step_size(self) -> Tensor | float:
@@ -130,7 +134,7 @@ class SeparableHamiltonianCell(RecurrentCell):
             return self.inverse_step(self.project(x_k[0]), *state)
 
         outputs, final = reversible_integrate(
-            step, inverse, (p, q), x.shape[0], xs=(x,), params=params, anchor_every=self._anchor,
+            step, inverse, (p, q), x.shape[0], xs=(x,), params=params, anchor_every=self.anchor_interval(),
             emit=self.output,
         )  # fmt: skip
         return (outputs, *final)
@@ -198,8 +202,8 @@ class HamiltonianCell(SeparableHamiltonianCell):
         hidden_size: int,
         *,
         dt: float | str = 1.0,
-        timescales: tuple[float, float] | None = (1e-2, 1.0),
-        damping: float | None = None,
+        timescales: tuple[float, float] | None = (1e-3, 0.3),
+        damping: float | None = 0.03,
         scheme: str | Scheme = "symplectic_euler",
         seq_len: int | None = None,
         gain: float = 1.0,
@@ -254,6 +258,11 @@ class HamiltonianCell(SeparableHamiltonianCell):
     def grad_t(self, p: Tensor) -> Tensor:
         return log_cosh_gradient(p, self.effective_weights()[1], self.bias_p)
 
+    @property
+    def symplectic(self) -> bool:
+        """Symplectic scheme and no damping (a damped step is conformally symplectic)."""
+        return self.scheme.symplectic and self.damping_raw is None
+
     def frequency_bound(self) -> Tensor:
         r""":math:`\hat\omega = \|\tilde K_p\|_2 \|\tilde K_q\|_2` (0-dim, not differentiated)."""
         with torch.no_grad():
@@ -274,6 +283,18 @@ class HamiltonianCell(SeparableHamiltonianCell):
         if self.log_timescale is not None:
             rate = rate * torch.exp(self.log_timescale)
         return torch.exp(-rate)
+
+    def anchor_interval(self) -> int | None:
+        r"""With damping the inverse step divides by the decay, so round-off grows by
+        :math:`e^{\zeta h s}` a step: unless ``anchor_every`` is given, re-anchor every
+        :math:`\lceil \ln(10^3) / \max_i \zeta_i h s_i \rceil` steps (at most the default), so that
+        it grows at most a thousandfold between anchors (one host sync per sequence)."""
+        decay = self.friction(self.step_size())
+        if decay is None or self.anchor_every is not None or self.memory != "reversible":
+            return super().anchor_interval()
+        rate = float(-decay.detach().log().max())
+        steps = math.ceil(math.log(1e3) / rate) if rate > 0 else self._anchor
+        return max(1, min(self._anchor, steps))
 
     def step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
         h = self.step_size()
@@ -378,8 +399,14 @@ class OscillatorCell(SeparableHamiltonianCell):
         return p
 
     def step_size(self) -> Tensor:
-        r"""The per-unit step :math:`h = dt\\,\\sigma(c)`, shape (n,)."""
-        return self.dt * torch.sigmoid(self.c)
+        r"""The per-unit step :math:`h = \min(dt\,\sigma(c),\ c_s / \omega)`, shape (n,).
+
+        :math:`\omega_i = \sqrt{\alpha + |w_i|}` bounds unit i's linearised frequency, so the guard
+        keeps :math:`h_i\omega_i \le c_s` = :attr:`HamiltonianCell.STABILITY_MARGIN` whatever the
+        optimizer does to ``w`` (symplectic Euler is stable for :math:`h\omega < 2`).
+        """
+        limit = HamiltonianCell.STABILITY_MARGIN / (self.alpha + self.w.detach().abs()).sqrt()
+        return torch.fmin(self.dt * torch.sigmoid(self.c), limit)
 
     def max_frequency(self) -> float:
         r""":math:`\max_i \sigma(c_i)\sqrt{\alpha + |w_i|}`: the largest :math:`h_i\omega_i / dt`."""
@@ -394,7 +421,7 @@ def _log_cosh_scan(cell: HamiltonianCell, x: Tensor, p: Tensor, q: Tensor) -> tu
     weight_q, weight_p = cell.effective_weights()
     h = cell.step_size()
     return hamiltonian_scan(
-        x, p, q, weight_q, weight_p, cell.bias_p, h, cell.scheme, cell.memory, cell.anchor_every,
+        x, p, q, weight_q, weight_p, cell.bias_p, h, cell.scheme, cell.memory, cell.anchor_interval(),
         weight_ih=cell.weight_ih, bias_ih=cell.bias_ih, decay=cell.friction(h),
     )  # fmt: skip
 

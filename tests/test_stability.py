@@ -1,0 +1,122 @@
+"""The log-cosh cell's timescales, stability guard and damping: structure proved in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import jacrev
+
+from hrnn.cells import HamiltonianCell
+from hrnn.hamiltonians import canonical_j
+from hrnn.rnn import HamiltonianRNN
+
+IN, N = 2, 6
+F64 = torch.float64
+
+
+def _step_jacobian(cell: HamiltonianCell, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d(p', q')/d(p, q) of one step at the state y = (p, q) (2n,) with projected input u (n,)."""
+
+    def step(y):
+        p, q = y[:N].unsqueeze(0), y[N:].unsqueeze(0)
+        return torch.cat(cell.step(u.unsqueeze(0), p, q), -1).squeeze(0)
+
+    return jacrev(step)(y)
+
+
+@pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
+def test_a_step_with_timescales_and_no_damping_is_symplectic(scheme):
+    torch.manual_seed(0)
+    cell = HamiltonianCell(IN, N, scheme=scheme, damping=None, dtype=F64)
+    assert cell.log_timescale.std() > 0.1  # the units really have different timescales
+    M = _step_jacobian(cell, torch.randn(N, dtype=F64), torch.randn(2 * N, dtype=F64))
+    J = canonical_j(N, dtype=F64)
+    torch.testing.assert_close(M.T @ J @ M, J, rtol=0, atol=1e-10)
+
+
+def test_damping_makes_the_step_conformally_symplectic_with_the_friction_factor():
+    torch.manual_seed(0)
+    cell = HamiltonianCell(IN, N, damping=0.2, dtype=F64)
+    with torch.no_grad():  # one timescale for all units, so the contraction is one number
+        cell.log_timescale.fill_(math.log(0.5))
+    M = _step_jacobian(cell, torch.randn(N, dtype=F64), torch.randn(2 * N, dtype=F64))
+    J = canonical_j(N, dtype=F64)
+    factor = math.exp(-0.2 * cell.step_size().item() * 0.5)
+    torch.testing.assert_close(M.T @ J @ M, factor * J, rtol=0, atol=1e-10)
+    assert torch.linalg.det(M).item() == pytest.approx(factor**N, rel=1e-10)
+
+
+def test_timescales_are_drawn_log_uniform_in_their_range_and_none_drops_them():
+    torch.manual_seed(0)
+    cell = HamiltonianCell(IN, 512, timescales=(1e-3, 0.5))
+    s = cell.log_timescale.exp()
+    assert s.min() >= 1e-3 and s.max() <= 0.5
+    # log-uniform: about a third of the units in each third of the log range
+    thirds = torch.bucketize(cell.log_timescale, torch.linspace(math.log(1e-3), math.log(0.5), 4)[1:-1])
+    assert torch.bincount(thirds, minlength=3).min() > 512 / 3 * 0.8
+    assert HamiltonianCell(IN, N, timescales=None).log_timescale is None
+    with pytest.raises(ValueError, match="timescales must satisfy"):
+        HamiltonianCell(IN, N, timescales=(0.5, 0.1))
+
+
+def test_the_stability_guard_holds_after_adam_grows_every_weight():
+    """200 steps of Adam at lr 0.1 on a loss that rewards large K and fast timescales: the step
+    shrinks so that h * omega_hat stays at the margin, and the linearised step stays stable."""
+    torch.manual_seed(0)
+    cell = HamiltonianCell(IN, N, damping=None, dtype=F64)
+    optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
+    for _ in range(200):
+        loss = -(cell.weight_q.norm() + cell.weight_p.norm() + cell.log_timescale.sum())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    grown = cell.frequency_bound().item()
+    assert grown > 100  # the optimizer did grow the frequencies a hundredfold
+    h = cell.step_size().item()
+    assert h * grown <= cell.STABILITY_MARGIN * (1 + 1e-12)
+    # linearised at rest (zero biases, tanh' = 1), symplectic Euler with h * omega <= 1 has
+    # eigenvalues on the unit circle: the grown cell neither explodes nor decays
+    with torch.no_grad():
+        cell.bias_p.zero_()
+    M = _step_jacobian(cell, torch.zeros(N, dtype=F64), torch.zeros(2 * N, dtype=F64))
+    moduli = torch.linalg.eigvals(M).abs()
+    torch.testing.assert_close(moduli, torch.ones_like(moduli), rtol=0, atol=1e-8)
+
+
+def _gradient_ratios(rnn: HamiltonianRNN, x: torch.Tensor, times: list[int]) -> list[float]:
+    """||dL/dh_t|| / ||dL/dh_T|| for L = sum of squares of the final state, at the given t."""
+    norms = []
+    for t in times:
+        with torch.no_grad():
+            h_t = rnn(x[:, :t])[1] if t > 0 else tuple(x.new_zeros(1, 1, rnn.hidden_size) for _ in "pq")
+        leaf = tuple(s.clone().requires_grad_() for s in h_t)
+        final = rnn(x[:, t:], leaf)[1] if t < x.shape[1] else leaf
+        grads = torch.autograd.grad(sum(f.pow(2).sum() for f in final), leaf)
+        norms.append(float(torch.cat([g.reshape(-1) for g in grads]).norm()))
+    return [n / norms[-1] for n in norms]
+
+
+def test_default_construction_keeps_the_gradient_ratio_within_ten_at_T_1000():
+    torch.manual_seed(0)
+    rnn = HamiltonianRNN(2, 32, batch_first=True, dtype=F64)
+    x = torch.rand(1, 1000, 2, dtype=F64)
+    ratios = _gradient_ratios(rnn, x, [0, 250, 500, 750, 990, 1000])
+    assert 0.1 <= min(ratios) and max(ratios) <= 10.0, ratios
+
+
+def test_default_model_trains_without_nan_at_T_20000():
+    from hrnn.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("hamiltonian", 2, 8, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.rand(2, 20_000, 2), torch.rand(2, 1)
+    for _ in range(2):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        grad = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        assert math.isfinite(loss.item()) and math.isfinite(grad.item())
+        optimizer.step()
