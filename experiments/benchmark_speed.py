@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from experiments.memory import forward_backward, peak_bytes, saved_bytes
+from hrnn.blocks import ResidualStack
 from hrnn.fast import DEFAULT_ANCHOR_EVERY, DEFAULT_CHUNK
 from hrnn.fast.oscillator import forward_segment as oscillator_forward_segment
 from hrnn.models import MODELS as REGISTRY
@@ -59,6 +60,9 @@ class ModelSpec:
 
     registry: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: time the model of :func:`hrnn.build_model`'s default architecture (residual blocks of the
+    #: layer, :class:`hrnn.blocks.ResidualStack`) instead of the bare layer
+    stack: bool = False
 
 
 REFERENCE = "lstm"
@@ -70,6 +74,7 @@ MODELS: dict[str, ModelSpec] = {
         f"{name}_reversible": ModelSpec(name, {"memory": "reversible"})
         for name in models_with(reversible=True)
     },
+    **{f"{name}_model": ModelSpec(name, stack=True) for name in REGISTRY},
 }
 #: The memory table: the reference and every layer with a reversible mode, in both modes.
 MEMORY_MODELS = (
@@ -86,6 +91,8 @@ WARMUP_STEPS = 20  # a short sequence first loads every kernel, whatever T is ti
 def build_layer(label: str, input_size: int, hidden_size: int, device: str) -> nn.Module:
     """The layer of ``label``, time-major, float32 on ``device``."""
     spec = MODELS[label]
+    if spec.stack:
+        return ResidualStack(REGISTRY[spec.registry], input_size, hidden_size, **spec.options).to(device)
     return REGISTRY[spec.registry](input_size, hidden_size, **spec.options).to(device)
 
 

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ResidualBlock", "ResidualStack"]
+__all__ = ["DEFAULT_BLOCKS", "ResidualBlock", "ResidualStack"]
+
+#: Residual blocks of :func:`hrnn.models.build_model` and :class:`ResidualStack` by default.
+DEFAULT_BLOCKS = 2
 
 State = Tensor | tuple[Tensor, ...]
 
@@ -77,7 +80,7 @@ class ResidualStack(nn.Module):
         layer_class: type[nn.Module],
         input_size: int,
         hidden_size: int,
-        num_blocks: int = 2,
+        num_blocks: int = DEFAULT_BLOCKS,
         batch_first: bool = False,
         dropout: float = 0.0,
         **layer_kw,

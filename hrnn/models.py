@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .blocks import ResidualStack
+from .blocks import DEFAULT_BLOCKS, ResidualStack
 from .cells import Capabilities, State, check_input, state_parts
 from .linoss import LinOSSRNN
 from .rnn import LEMRNN, AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
@@ -210,7 +210,7 @@ def build_model(
     hidden_size: int,
     output_size: int,
     *,
-    num_blocks: int = 2,
+    num_blocks: int = DEFAULT_BLOCKS,
     num_layers: int = 1,
     readout: str = "mean",
     standardize: bool = False,

@@ -73,6 +73,8 @@ class RecurrentLayer(nn.Module):
         num_layers: stacked layers; layer ``l > 0`` takes layer ``l - 1``'s output.
         batch_first: input and output are (batch, T, feature) instead of (T, batch, feature).
         dropout: dropout probability on each layer's output except the last (training only).
+        time_dropout: draw one dropout mask per sequence and apply it at every step (UnICORNN's
+            and variational RNNs' dropout over time), instead of a new mask at every step.
         bidirectional: each layer also runs a second cell on the time-reversed sequence and
             concatenates its outputs (layer ``l > 0`` then takes 2 * hidden_size features).
         **cell_kw: options of the cell (e.g. ``dt``, ``scheme``), the same for every layer, and
@@ -92,6 +94,7 @@ class RecurrentLayer(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        time_dropout: bool = False,
         **cell_kw,
     ) -> None:
         super().__init__()
@@ -103,6 +106,7 @@ class RecurrentLayer(nn.Module):
         self.num_layers = num_layers
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
+        self.time_dropout = bool(time_dropout)
         self.bidirectional = bool(bidirectional)
         width = self.num_directions * hidden_size
         self.cells = nn.ModuleList(
@@ -181,6 +185,14 @@ class RecurrentLayer(nn.Module):
         output = PackedSequence(packed.data, packed.batch_sizes, x.sorted_indices, x.unsorted_indices)
         return output, _pack(_select_batch(h_n, x.unsorted_indices))
 
+    def _drop(self, outputs: Tensor) -> Tensor:
+        """Dropout on a layer's outputs (T, batch, features): one mask per sequence with
+        ``time_dropout``, the same at every step, else a new mask per step."""
+        if not (self.training and self.dropout > 0 and self.time_dropout):
+            return F.dropout(outputs, self.dropout, self.training)
+        keep = outputs.new_empty(1, *outputs.shape[1:]).bernoulli_(1 - self.dropout)
+        return outputs * keep / (1 - self.dropout)
+
     def _run(self, x: Tensor, state: State | None, lengths: Tensor | None = None) -> tuple[Tensor, State]:
         """The stack on time-major ``x`` (T, batch, input_size), padded if ``lengths`` (sorted,
         descending, on the CPU) are given. Returns ``(outputs, h_n parts)``."""
@@ -188,7 +200,7 @@ class RecurrentLayer(nn.Module):
         outputs, finals = x, []
         for layer in range(self.num_layers):
             if layer:
-                outputs = F.dropout(outputs, self.dropout, self.training)
+                outputs = self._drop(outputs)
             directions = []
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
@@ -222,6 +234,7 @@ class RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         options = f"num_layers={self.num_layers}, batch_first={self.batch_first}, dropout={self.dropout}"
+        options += ", time_dropout=True" if self.time_dropout else ""
         return options + (", bidirectional=True" if self.bidirectional else "")
 
 

@@ -187,3 +187,15 @@ def test_bad_layer_options_fail_clearly():
         HamiltonianRNN(IN, N, dropout=1.0)
     with pytest.raises(TypeError, match="scheme"):
         AntisymmetricRNN(IN, N, scheme="verlet")
+
+
+def test_time_dropout_draws_one_mask_per_sequence_for_every_step():
+    torch.manual_seed(0)
+    layer = HamiltonianRNN(IN, N, num_layers=2, dropout=0.5, time_dropout=True)
+    dropped = layer._drop(torch.ones(50, 8, N))
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # the same mask at every step
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}  # kept units scaled by 1 / (1 - p)
+    per_step = HamiltonianRNN(IN, N, num_layers=2, dropout=0.5)._drop(torch.ones(50, 8, N))
+    assert not torch.equal(per_step, per_step[:1].expand_as(per_step))
+    assert torch.equal(layer.eval()._drop(torch.ones(3, 2, N)), torch.ones(3, 2, N))
+    assert "time_dropout=True" in repr(layer)
