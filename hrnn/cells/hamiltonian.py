@@ -112,7 +112,11 @@ class SeparableHamiltonianCell(RecurrentCell):
 
     def acceleration(self) -> Scan | None:
         """The registered fast scan this cell runs, or ``None`` (``fast=False`` or none registered)."""
-        return ACCELERATIONS.get((type(self), self.scheme.plan)) if self.fast else None
+        # the scans are eager-mode kernels (Python loops over segments, in-place writes): under
+        # torch.compile / torch.export the plain loop is traced instead, which computes the same
+        if not self.fast or torch.compiler.is_compiling():
+            return None
+        return ACCELERATIONS.get((type(self), self.scheme.plan))
 
     def forward_sequence(self, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         scan = self.acceleration()
