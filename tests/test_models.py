@@ -55,7 +55,8 @@ def test_available_models_lists_every_registry_name():
 
 def test_capabilities_are_what_the_cells_declare():
     ham = capabilities("hamiltonian")
-    assert (ham.canonical, ham.symplectic, ham.auto_dt, ham.reversible) == (True, True, True, True)
+    # the default log-cosh cell is damped: conformally symplectic, not symplectic
+    assert (ham.canonical, ham.symplectic, ham.auto_dt, ham.reversible) == (True, False, True, True)
     assert capabilities("lstm") == hrnn.Capabilities() == capabilities("cornn")
     assert models_with(reversible=True) == ["hamiltonian", "oscillator"]
     for name, layer in MODELS.items():

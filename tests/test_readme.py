@@ -17,7 +17,7 @@ def _example() -> dict:
     section = text.split("## Your own energy and integration scheme", 1)[1]
     (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
     namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, str(README), "exec"), namespace)
     return namespace
 
 
@@ -28,7 +28,7 @@ def test_readme_user_energy_and_scheme_reversible_gradients_equal_stored_ones():
     x = torch.randn(3, 200, 2, dtype=torch.float64, requires_grad=True)
     grads = []
     for layer in (stored, reversible):
-        output, (p_n, q_n) = layer(x)
+        output, (p_n, _) = layer(x)
         loss = output.pow(2).sum() + p_n.sum()
         grads.append(torch.autograd.grad(loss, [x, *layer.parameters()]))
     for a, b in zip(*grads, strict=True):

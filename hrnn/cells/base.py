@@ -57,7 +57,7 @@ class Capabilities:
 
     #: the state is a canonical pair (p, q) of a Hamiltonian system
     canonical: bool = False
-    #: one step is a symplectic map of the state (with the default scheme)
+    #: one step is a symplectic map of the state (with the cell's default options)
     symplectic: bool = False
     #: ``dt="auto"`` with ``seq_len=T`` chooses the step size from the sequence length
     auto_dt: bool = False

@@ -181,8 +181,9 @@ class HamiltonianCell(SeparableHamiltonianCell):
     :math:`\dot p = -\zeta s\,\partial T/\partial p`-type dissipation, :math:`\zeta_i \ge 0` learnable
     (softplus, initialised at ``zeta``): a damping ratio per unit, so fast units forget fast and
     slow ones slowly. The step is then conformally symplectic, :math:`M^\top J M = e^{-\zeta h s} J`
-    for uniform :math:`\zeta s`: gradients shrink by :math:`e^{-\zeta h s}` per step. ``None`` (the
-    default) is the symplectic case.
+    for uniform :math:`\zeta s`: gradients shrink by :math:`e^{-\zeta h s}` per step. The default
+    ``0.03`` keeps the chaotic growth of the nonlinear recurrence in check (``docs/step_size.md``);
+    ``None`` is the exactly symplectic case.
 
     Parameters: ``weight_ih`` (n, input_size), ``bias_ih`` (n,), ``weight_q`` :math:`K_q` (n, n),
     ``weight_p`` :math:`K_p` (n, n), ``bias_p`` (n,), ``log_timescale`` (n,), ``damping_raw`` (n,);
@@ -192,11 +193,12 @@ class HamiltonianCell(SeparableHamiltonianCell):
     Initialisation: :math:`K_p, K_q` orthogonal times ``gain``, zero :math:`b_p`.
 
     Options ``scheme``, ``memory``, ``anchor_every`` and ``fast`` as in
-    :class:`SeparableHamiltonianCell`; without damping the registered schemes run in
+    :class:`SeparableHamiltonianCell`; the registered schemes, damped or not, run in
     :func:`hrnn.fast.hamiltonian_scan`.
     """
 
-    capabilities = Capabilities(canonical=True, symplectic=True, auto_dt=True, reversible=True)
+    # the default is damped, hence conformally symplectic; damping=None is symplectic
+    capabilities = Capabilities(canonical=True, symplectic=False, auto_dt=True, reversible=True)
     #: :math:`c` of the stability guard: the largest :math:`h\hat\omega` a step may take.
     STABILITY_MARGIN = 1.0
 
