@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tasks.registry import default_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-# The data sits beside the checkout (../shared/data); HRNN_DATA points elsewhere if needed.
-DATA = Path(os.environ.get("HRNN_DATA", REPO.parent / "shared" / "data"))
+# The data sits beside the checkout (../shared/data); HRNN_DATA points elsewhere if needed
+# (resolved by the package's own rule, so an empty HRNN_DATA means unset there and here).
+DATA = default_data_dir()
 
 
 @pytest.fixture(autouse=True)
