@@ -295,10 +295,9 @@ class HamiltonianCell(SeparableHamiltonianCell):
         :math:`e^{\zeta h s}` a step: unless ``anchor_every`` is given, re-anchor every
         :math:`\lceil \ln(10^3) / \max_i \zeta_i h s_i \rceil` steps (at most the default), so that
         it grows at most a thousandfold between anchors (one host sync per sequence)."""
-        decay = self.friction(self.step_size())
-        if decay is None or self.anchor_every is not None or self.memory != "reversible":
+        if self.damping_raw is None or self.anchor_every is not None or self.memory != "reversible":
             return super().anchor_interval()
-        rate = float(-decay.detach().log().max())
+        rate = float(-self.friction(self.step_size()).detach().log().max())
         steps = math.ceil(math.log(1e3) / rate) if rate > 0 else self._anchor
         return max(1, min(self._anchor, steps))
 
