@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .blocks import ResidualBlock, ResidualStack
 from .cells import (
     AntisymmetricCell,
     Capabilities,
@@ -65,6 +66,8 @@ __all__ = [
     "OscillatorRNN",
     "RecurrentCell",
     "RecurrentLayer",
+    "ResidualBlock",
+    "ResidualStack",
     "Scheme",
     "SeparableHamiltonianCell",
     "SequenceModel",
