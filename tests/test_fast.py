@@ -71,6 +71,18 @@ def assert_all_close(actual, expected, tol=1e-10):
         torch.testing.assert_close(a, e, rtol=tol, atol=tol)
 
 
+def assert_layers_agree_in_value_and_every_gradient(fast, reference, x, hx):
+    """Output, h_n and the gradients of x, hx and every parameter of two layers with equal weights."""
+    results, grads = [], []
+    for model in (fast, reference):
+        output, h_n = model(x, hx)
+        results.append((output, *h_n))
+        loss = weighted(results[-1], loss_weights(*results[-1]), (True, True, True))
+        grads.append(torch.autograd.grad(loss, [x, *hx, *model.parameters()]))
+    assert_all_close(*results)
+    assert_all_close(*grads)
+
+
 MODES = [("stored", None), ("reversible", None), ("reversible", 3), ("reversible", 5)]
 LOSSES = {"all": (True, True, True), "outputs": (True, False, False), "final_state": (False, True, True)}
 
@@ -179,15 +191,7 @@ def test_damped_cell_scan_equals_its_plain_step_loop_in_value_and_every_gradient
     assert {"cells.0.log_timescale", "cells.0.damping_raw"} <= names
     x = torch.randn(seq_len, B, D, dtype=F64, requires_grad=True)
     hx = tuple(torch.randn(1, B, N, dtype=F64, requires_grad=True) for _ in range(2))
-    results, grads = [], []
-    for model in (fast, reference):
-        output, h_n = model(x, hx)
-        results.append((output, *h_n))
-        weights = loss_weights(*results[-1])
-        loss = sum((r * w).sum() for r, w in zip(results[-1], weights, strict=True))
-        grads.append(torch.autograd.grad(loss, [x, *hx, *model.parameters()]))
-    assert_all_close(*results)
-    assert_all_close(*grads)
+    assert_layers_agree_in_value_and_every_gradient(fast, reference, x, hx)
 
 
 @pytest.mark.parametrize(
@@ -441,15 +445,7 @@ def test_every_acceleration_equals_the_generic_path_in_value_and_every_gradient(
     x = torch.randn(LAYOUTS[layout], dtype=F64, requires_grad=True)
     state_shape = (2, N) if layout == "unbatched" else (2, B, N)
     hx = tuple(torch.randn(state_shape, dtype=F64, requires_grad=True) for _ in range(2))
-    results, grads = [], []
-    for model in (fast, reference):
-        output, h_n = model(x, hx)
-        results.append((output, *h_n))
-        weights = loss_weights(*results[-1])
-        loss = sum((r * w).sum() for r, w in zip(results[-1], weights, strict=True))
-        grads.append(torch.autograd.grad(loss, [x, *hx, *model.parameters()]))
-    assert_all_close(*results)
-    assert_all_close(*grads)
+    assert_layers_agree_in_value_and_every_gradient(fast, reference, x, hx)
 
 
 def test_memory_options_pass_through_build_model_to_every_layer():
