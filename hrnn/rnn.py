@@ -138,7 +138,7 @@ class RecurrentLayer(nn.Module):
     @property
     def output_index(self) -> int | None:
         """Which state part the layer emits as ``output``; ``None`` if it emits a read-out of its state."""
-        return getattr(self.cell_class, "output_index", None)
+        return getattr(self.cells[0], "output_index", None)
 
     def emitted(self, h: HiddenState) -> Tensor:
         """The emitted part of a state ``h`` of this layer (``h_n`` or ``hx``): ``q_n`` of ``(p_n, q_n)``.
@@ -297,13 +297,15 @@ class HamiltonianRNN(RecurrentLayer):
 
     The energy and its equations are in :class:`~hrnn.cells.HamiltonianCell`. Cell options:
     ``dt`` (float, or ``"auto"`` with ``seq_len``), ``scheme``, ``gain``, ``memory``,
-    ``anchor_every``, ``fast``. State ``(p, q)``, output :math:`q_t` of the last layer.
+    ``anchor_every``, ``fast``, ``emit``. State ``(p, q)``, output :math:`q_t` of the last layer
+    (:math:`p_t` with ``emit="p"``).
 
     Shape (D = 2 with ``bidirectional``, else 1):
         x: (T, batch, input_size), (batch, T, input_size) with ``batch_first``, (T, input_size),
         or a ``PackedSequence``.
         hx, h_n: a tuple (p, q), each (D * num_layers, batch, hidden_size) or
-        (D * num_layers, hidden_size); the emitted part is q, the second (:meth:`emitted`).
+        (D * num_layers, hidden_size); the emitted part is q, the second, or p with ``emit="p"``
+        (:meth:`emitted`).
         output: (T, batch, D * hidden_size), (batch, T, D * hidden_size), (T, D * hidden_size), or a
         ``PackedSequence``.
     """

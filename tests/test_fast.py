@@ -22,15 +22,15 @@ T, B, N, D = 13, 3, 4, 2
 CHUNK = 4  # several segments per sequence, one of them shorter than the others
 
 
-def reference_hamiltonian(u, p, q, weight_q, weight_p, bias_p, dt, scheme, decay=None):
+def reference_hamiltonian(u, p, q, weight_q, weight_p, bias_p, dt, scheme, decay=None, emit="q"):
     """Autograd through ``get_scheme(scheme).step`` on the log-cosh energy with bias u_t, each step
-    starting with ``p <- decay * p`` when a decay is given."""
+    starting with ``p <- decay * p`` when a decay is given; the outputs are ``emit`` of every step."""
     step, outputs = get_scheme(scheme).step, []
     for u_t in u:
         energy = LogCoshHamiltonian(K_p=weight_p, K_q=weight_q, b_p=bias_p, b_q=u_t)
         p = p if decay is None else decay * p
         p, q = step(p, q, energy.grad_v, energy.grad_t, dt)
-        outputs.append(q)
+        outputs.append(p if emit == "p" else q)
     return torch.stack(outputs), p, q
 
 
@@ -87,23 +87,26 @@ MODES = [("stored", None), ("reversible", None), ("reversible", 3), ("reversible
 LOSSES = {"all": (True, True, True), "outputs": (True, False, False), "final_state": (False, True, True)}
 
 
+@pytest.mark.parametrize("emit", ["q", "p"])
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
 @pytest.mark.parametrize(("memory", "anchor_every"), MODES)
 @pytest.mark.parametrize("projected", [False, True], ids=["u", "x_w_ih"])
 def test_hamiltonian_scan_matches_plain_loop_in_value_and_every_gradient(
-    scheme, memory, anchor_every, projected
+    scheme, memory, anchor_every, projected, emit
 ):
     if memory == "reversible" and not SCHEMES[scheme].symplectic:
         pytest.skip("reversible needs an exact inverse")
     dt = torch.tensor(0.3, dtype=F64)
     leaves = hamiltonian_leaves()
     x, w_ih, b_ih, p0, q0, kq, kp, bp = leaves
-    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, dt, scheme)
+    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, dt, scheme, emit=emit)
     weights = loss_weights(*expected)
     expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES["all"]), leaves)
     kw = {"weight_ih": w_ih, "bias_ih": b_ih} if projected else {}
     u = x if projected else x @ w_ih.T + b_ih
-    actual = hamiltonian_scan(u, p0, q0, kq, kp, bp, dt, scheme, memory, anchor_every, chunk=CHUNK, **kw)
+    actual = hamiltonian_scan(
+        u, p0, q0, kq, kp, bp, dt, scheme, memory, anchor_every, chunk=CHUNK, emit=emit, **kw
+    )
     assert_all_close(actual, expected)
     assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES["all"]), leaves), expected_grads)
 
@@ -128,10 +131,11 @@ USER_SCHEME = Scheme(
 DAMPED_SCHEMES = {**SCHEMES, USER_SCHEME.name: USER_SCHEME}
 
 
+@pytest.mark.parametrize("emit", ["q", "p"])
 @pytest.mark.parametrize("scheme", sorted(DAMPED_SCHEMES))
 @pytest.mark.parametrize(("memory", "anchor_every"), MODES)
 def test_damped_hamiltonian_scan_matches_the_damped_plain_loop_and_its_decay_gradient(
-    scheme, memory, anchor_every
+    scheme, memory, anchor_every, emit
 ):
     """With ``decay`` every step starts with p <- d * p; values and every gradient, d's included,
     equal autograd through that loop, for every plan and memory mode."""
@@ -141,12 +145,12 @@ def test_damped_hamiltonian_scan_matches_the_damped_plain_loop_and_its_decay_gra
     decay = (0.5 + 0.5 * torch.rand(N, dtype=F64)).requires_grad_()
     leaves = [x, w_ih, b_ih, p0, q0, kq, kp, bp, decay]
     s = DAMPED_SCHEMES[scheme]
-    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, 0.3, s, decay)
+    expected = reference_hamiltonian(x @ w_ih.T + b_ih, p0, q0, kq, kp, bp, 0.3, s, decay, emit)
     weights = loss_weights(*expected)
     expected_grads = torch.autograd.grad(weighted(expected, weights, LOSSES["all"]), leaves)
     actual = hamiltonian_scan(
         x, p0, q0, kq, kp, bp, 0.3, s, memory, anchor_every, weight_ih=w_ih, bias_ih=b_ih, chunk=CHUNK,
-        decay=decay,
+        decay=decay, emit=emit,
     )  # fmt: skip
     assert_all_close(actual, expected)
     assert_all_close(torch.autograd.grad(weighted(actual, weights, LOSSES["all"]), leaves), expected_grads)

@@ -120,3 +120,30 @@ def test_default_model_trains_without_nan_at_T_20000():
         grad = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         assert math.isfinite(loss.item()) and math.isfinite(grad.item())
         optimizer.step()
+
+
+@pytest.mark.parametrize("memory", ["stored", "reversible"])
+def test_emit_p_outputs_the_momentum_of_every_step_fast_and_plain_alike(memory):
+    torch.manual_seed(0)
+    x = torch.randn(9, 3, IN, dtype=F64)
+    options = {"emit": "p", "memory": memory, "anchor_every": 4 if memory == "reversible" else None}
+    fast = HamiltonianRNN(IN, N, **options, dtype=F64)
+    plain = HamiltonianRNN(IN, N, **options, fast=False, dtype=F64)
+    plain.load_state_dict(fast.state_dict())
+    output, (p_n, q_n) = fast(x)
+    torch.testing.assert_close(output[-1], p_n[-1], rtol=0, atol=0)
+    assert fast.output_index == 0 and fast.emitted((p_n, q_n)) is p_n
+    reference, _ = plain(x)
+    torch.testing.assert_close(output, reference, rtol=0, atol=1e-12)
+    (g_fast,) = torch.autograd.grad(output.square().sum(), fast.cells[0].weight_q)
+    (g_plain,) = torch.autograd.grad(reference.square().sum(), plain.cells[0].weight_q)
+    torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-10)
+    default = HamiltonianRNN(IN, N, dtype=F64)
+    assert default.output_index == 1  # q
+    with pytest.raises(ValueError, match="emit='p' but it has emit='q'"):
+        default.load_state_dict(fast.state_dict())
+
+
+def test_an_unknown_emitted_variable_fails_naming_the_choices():
+    with pytest.raises(ValueError, match=r"unknown emit 'h'; known: \['p', 'q'\]"):
+        HamiltonianRNN(IN, N, emit="h")

@@ -31,10 +31,16 @@ from ..hamiltonians import log_cosh_gradient, oscillator_potential_gradient
 from ..integrators import SCHEMES, Plan, Scheme, get_scheme
 from ..reversible import reversible_integrate
 from ..step_size import resolve_dt
-from ..validation import check_positive
+from ..validation import check_positive, lookup
 from .base import Capabilities, RecurrentCell, State
 
-__all__ = ["ACCELERATIONS", "HamiltonianCell", "OscillatorCell", "SeparableHamiltonianCell"]
+__all__ = ["ACCELERATIONS", "EMITTED", "HamiltonianCell", "OscillatorCell", "SeparableHamiltonianCell"]
+
+#: What a log-cosh cell can emit at every step: ``emit`` -> what it is.
+EMITTED: dict[str, str] = {
+    "q": "the position: the input's drive integrated twice, so slow units carry its level",
+    "p": "the momentum: the drive integrated once, which returns to zero under a steady drive",
+}
 
 Scan = Callable[["SeparableHamiltonianCell", Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
@@ -161,7 +167,8 @@ class HamiltonianCell(SeparableHamiltonianCell):
     so :math:`\nabla_q V = \tilde K_q^\top \tanh(\tilde K_q q + u_t)`,
     :math:`\nabla_p T = \tilde K_p^\top \tanh(\tilde K_p p + b_p)`, one step :math:`h` of ``scheme``
     (``symplectic_euler``, ``verlet``, the non-symplectic ``euler`` ablation, or a
-    :class:`~hrnn.integrators.Scheme` object). Output :math:`q_t`.
+    :class:`~hrnn.integrators.Scheme` object). Output :math:`q_t`, or :math:`p_t` with
+    ``emit="p"`` (:data:`EMITTED`).
 
     **Timescales.** :math:`s_i = \exp(\text{log\_timescale}_i)` is learnable, drawn log-uniform in
     ``timescales`` (as S4 and LRU draw their steps). In the coordinates :math:`\sqrt{s}\,(p, q)`
@@ -210,6 +217,7 @@ class HamiltonianCell(SeparableHamiltonianCell):
         dt: float | str = 1.0,
         timescales: tuple[float, float] | None = (1e-3, 0.3),
         damping: float | None = 0.03,
+        emit: str = "q",
         scheme: str | Scheme = "symplectic_euler",
         seq_len: int | None = None,
         gain: float = 1.0,
@@ -229,6 +237,9 @@ class HamiltonianCell(SeparableHamiltonianCell):
         if damping is not None and not (float(damping) >= 0 and math.isfinite(damping)):
             raise ValueError(f"damping must be None or finite and >= 0, got {damping}")
         self.damping = None if damping is None else float(damping)
+        lookup(EMITTED, emit, "emit")
+        self.emit = emit
+        self.output_index = self.state_names.index(self.emit)
         self.weight_q = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.weight_p = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.bias_p = Parameter(torch.empty(hidden_size, **factory))
@@ -318,8 +329,12 @@ class HamiltonianCell(SeparableHamiltonianCell):
         r""":math:`\hat\omega` as a float: the largest linearised frequency the energy can have."""
         return float(self.frequency_bound())
 
+    def function_options(self) -> dict:
+        """The emitted variable changes what the layer outputs, so it is saved with the weights."""
+        return {**super().function_options(), "emit": self.emit}
+
     def extra_repr(self) -> str:
-        options = f", dt={self.dt.item():.4g}"
+        options = f", dt={self.dt.item():.4g}, emit={self.emit}"
         if self.timescales is not None:
             options += f", timescales={self.timescales}"
         if self.damping is not None:
@@ -427,7 +442,7 @@ def _log_cosh_scan(cell: HamiltonianCell, x: Tensor, p: Tensor, q: Tensor) -> tu
     h = cell.step_size()
     return hamiltonian_scan(
         x, p, q, weight_q, weight_p, cell.bias_p, h, cell.scheme, cell.memory, cell.anchor_interval(),
-        weight_ih=cell.weight_ih, bias_ih=cell.bias_ih, decay=cell.friction(h),
+        weight_ih=cell.weight_ih, bias_ih=cell.bias_ih, decay=cell.friction(h), emit=cell.emit,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ with the log-cosh energy of Galimberti et al. (2023),
 .. math::
     \nabla V_t(q) = K_q^\top \tanh(K_q q + u_t), \qquad \nabla T(p) = K_p^\top \tanh(K_p p + b_p),
 
-and the output of step ``t`` is :math:`q_t`. Every scheme is a sequence of *substeps* — a kick
+and the output of step ``t`` is :math:`q_t` (or :math:`p_t` with ``emit="p"``). Every scheme is a sequence of *substeps* — a kick
 :math:`p \leftarrow p - c\,dt\,\nabla V_t(q)` or a drift :math:`q \leftarrow q + c\,dt\,\nabla T(p)` —
 grouped in *stages* whose substeps read the same state (the scheme's ``plan``,
 :class:`hrnn.integrators.Scheme`). Substep ``s`` writes a new
@@ -252,6 +252,7 @@ def _backward_segment(
     ws: _Workspace,
     du: Tensor,
     grads: dict[str, Tensor],
+    emit: str,
 ) -> None:
     """Propagate cotangents through the ``m`` steps of one segment and add its parameter gradients.
 
@@ -269,12 +270,12 @@ def _backward_segment(
     z_rows = [x.unbind(0) for x in z]
     sech2_rows = [x.unbind(0) for x in sech2]
     go_rows = grad_out.unbind(0) if grad_out is not None else None
-    final_q, fp, friction = layout.final["q"], layout.final["p"], layout.friction
+    emitted, fp, friction = layout.final[emit], layout.final["p"], layout.friction
     order = tuple(reversed(range(n_sub)))
     for r in range(m - 1, -1, -1):
         row = t0 + r + 1
         if go_rows is not None:
-            pending[(final_q, row)].append(go_rows[r])
+            pending[(emitted, row)].append(go_rows[r])
         for s in order:
             g = _sum_into(pending.pop((s, row), []), cot_rows[s][r])
             zr = torch.mm(g, scaled_t[s], out=z_rows[s][r])
@@ -320,40 +321,44 @@ def _segment_parameter_grads(
 
 class _HamiltonianScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, data, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, dt, cfg):
+    def forward(
+        ctx, data, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, dt, cfg, emit
+    ):
         term = InputTerm(data, weight_ih, bias_ih)
         prm = _Params.of(layout, weight_q, weight_p, bias_p, dt, decay)
         seq_len, (batch, n), n_sub = data.shape[0], p0.shape, len(layout.kinds)
         keep = any(ctx.needs_input_grad)
         stored = keep and not cfg.reversible
-        fp, fq = layout.final["p"], layout.final["q"]
+        fp, fq, fe = layout.final["p"], layout.final["q"], layout.final[emit]
+        carried = fq if emit == "p" else fp
         segments = cfg.segments(seq_len)
         rows = seq_len if stored else max(b - a for a, b in segments)
-        # q's last version of every step is the output: its buffer is the output storage, row 0 = q0
-        q_all = p0.new_empty(seq_len + 1, batch, n)
-        q_all[0] = q0
+        # the emitted variable's last version of every step is the output: its buffer is the
+        # output storage, row 0 the initial state
+        out_all = p0.new_empty(seq_len + 1, batch, n)
         act = [p0.new_empty(rows, batch, n) for _ in range(n_sub)]
-        state = [q_all if s == fq else p0.new_empty(rows + 1, batch, n) for s in range(layout.buffers)]
-        state[fp][0] = p0
+        state = [out_all if s == fe else p0.new_empty(rows + 1, batch, n) for s in range(layout.buffers)]
+        state[fp][0], state[fq][0] = p0, q0
         u_all = term.segment(0, seq_len) if stored else None
         kept, m = [], 0
         for t0, t1 in segments:
             if stored:
                 seg_act, seg_state, u = [a[t0:t1] for a in act], [x[t0 : t1 + 1] for x in state], u_all[t0:t1]
             else:
-                # reuse the first rows of the buffers for every segment; p enters from the last one
+                # reuse the first rows of the buffers for every segment; the other variable enters
+                # from the last one
                 if t0 > 0:
-                    state[fp][0].copy_(state[fp][m])
+                    state[carried][0].copy_(state[carried][m])
                 m = t1 - t0
                 seg_act = [a[:m] for a in act]
-                seg_state = [q_all[t0 : t1 + 1] if s == fq else x[: m + 1] for s, x in enumerate(state)]
+                seg_state = [out_all[t0 : t1 + 1] if s == fe else x[: m + 1] for s, x in enumerate(state)]
                 u = term.segment(t0, t1)
             _forward_segment(layout, prm, u, seg_act, seg_state)
             if keep and cfg.anchored(t1, seq_len):
-                kept += [seg_state[fp][-1].clone(), q_all[t1].clone()]
-        p_final = state[fp][seq_len if stored else m].clone()
-        q_final = q_all[seq_len].clone()
-        ctx.layout, ctx.dt, ctx.cfg, ctx.shape = layout, dt, cfg, (seq_len, batch, n)
+                kept += [seg_state[fp][-1].clone(), seg_state[fq][-1].clone()]
+        last = {s: seq_len if stored or s == fe else m for s in (fp, fq)}
+        p_final, q_final = state[fp][last[fp]].clone(), state[fq][last[fq]].clone()
+        ctx.layout, ctx.dt, ctx.cfg, ctx.shape, ctx.emit = layout, dt, cfg, (seq_len, batch, n), emit
         if stored:
             x = data if weight_ih is not None else None  # u itself is not needed: activations are stored
             ctx.save_for_backward(x, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, *act, *state)
@@ -361,7 +366,7 @@ class _HamiltonianScan(torch.autograd.Function):
             ctx.save_for_backward(
                 data, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, p_final, q_final, *kept
             )
-        return q_all[1:], p_final, q_final
+        return out_all[1:], p_final, q_final
 
     @staticmethod
     @once_differentiable
@@ -403,7 +408,7 @@ class _HamiltonianScan(torch.autograd.Function):
                 act, state = [a[t0:t1] for a in rest[:n_sub]], [x[t0 : t1 + 1] for x in rest[n_sub:]]
             du = input_grad.buffer(t0, t1)
             go = None if grad_out is None else grad_out[t0:t1]
-            _backward_segment(layout, prm, t0, act, state, go, pending, ws, du, grads)
+            _backward_segment(layout, prm, t0, act, state, go, pending, ws, du, grads, ctx.emit)
             input_grad.finish(t0, t1, du)
         grad_p0 = _sum_into(pending.pop((fp, 0), []), torch.empty_like(like))
         grad_q0 = _sum_into(pending.pop((fq, 0), []), torch.empty_like(like))
@@ -417,6 +422,7 @@ class _HamiltonianScan(torch.autograd.Function):
             d_weight_ih,
             d_bias_ih,
             grads.get("decay"),
+            None,
             None,
             None,
             None,
@@ -439,6 +445,7 @@ def hamiltonian_scan(
     bias_ih: Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
     decay: Tensor | None = None,
+    emit: str = "q",
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Run the Hamiltonian cell over a whole sequence; same result as the plain loop of ``scheme`` steps.
 
@@ -466,10 +473,13 @@ def hamiltonian_scan(
             The reversible rebuild divides by :math:`d` every step, so its round-off grows
             geometrically with the steps between anchors: with strong damping, use a short
             ``anchor_every`` (or ``"stored"``).
+        emit: the variable returned at every step, ``"q"`` or ``"p"`` (its last version in the step).
 
     Returns:
-        ``(outputs, p_T, q_T)``: :math:`q_t` of every step (T, B, n) and the final state, each (B, n).
+        ``(outputs, p_T, q_T)``: ``emit`` of every step (T, B, n) and the final state, each (B, n).
     """
+    if emit not in ("p", "q"):
+        raise ValueError(f"emit must be 'p' or 'q', got {emit!r}")
     s = get_scheme(scheme)
     n = p0.shape[-1] if isinstance(p0, Tensor) else 0
     params = {
@@ -482,5 +492,5 @@ def hamiltonian_scan(
     step = float(dt)
     layout = layout_of(s.plan, decay is not None)
     return _HamiltonianScan.apply(
-        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, step, cfg
+        u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, step, cfg, emit
     )
