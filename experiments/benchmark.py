@@ -527,6 +527,14 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", nargs="+", type=int, help="seeds for every benchmark; default: each recipe's"
     )
     parser.add_argument("--steps", type=int, help="shorten (or lengthen) every budget; the table says so")
+    parser.add_argument(
+        "--model-kwargs",
+        type=_model_kwargs,
+        default={},
+        metavar="JSON",
+        help='layer options per model for an ablation, e.g. \'{"hamiltonian": {"emit": "p"}}\'; '
+        "use its own --out, since runs are named by benchmark, model and seed only",
+    )
     parser.add_argument("--out", default="outputs/benchmark", help="output folder")
     parser.add_argument("--wandb", choices=WANDB_MODES, default="offline")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
@@ -536,6 +544,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_kwargs(text: str) -> dict[str, dict[str, Any]]:
+    """``--model-kwargs``: a JSON object of registry name -> layer options."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"model": {"option": value, ...}, ...}')
+    unknown = sorted(set(value) - set(available_models()))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown models {unknown}; known: {available_models()}")
+    return value
+
+
+def _with_options(budget: Budget, options: dict[str, dict[str, Any]]) -> Budget:
+    """``budget`` with ``options`` merged into its per-model layer options."""
+    merged = {**budget.model_kwargs}
+    for model, kwargs in options.items():
+        merged[model] = {**merged.get(model, {}), **kwargs}
+    return dataclasses.replace(budget, model_kwargs=merged)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: print the budgets, train, print the result table."""
     args = _parser().parse_args(argv)
@@ -543,6 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
     if args.steps is not None:
         budgets = {name: dataclasses.replace(budget, steps=args.steps) for name, budget in budgets.items()}
+    if args.model_kwargs:
+        budgets = {name: _with_options(budget, args.model_kwargs) for name, budget in budgets.items()}
     for name in args.tasks:
         if name in budgets:
             log.info("budget %s: %s", name, budgets[name])

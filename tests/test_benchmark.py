@@ -249,3 +249,30 @@ def test_a_diverged_run_is_recorded_and_the_benchmark_goes_on(tmp_path, monkeypa
     saved = json.loads((tmp_path / "results.json").read_text())["results"]
     assert [r["status"] for r in saved] == ["diverged at step 7", "ok"]
     assert "seed 0 diverged at step 7" in format_table(rows)
+
+
+def test_model_kwargs_reach_the_named_models_runs_and_only_theirs(tmp_path):
+    main(
+        [
+            "--quick", "--tasks", "smnist_rows", "--models", "hamiltonian", "lstm", "--out", str(tmp_path),
+            "--model-kwargs", '{"hamiltonian": {"emit": "p"}}',
+        ]
+    )  # fmt: skip
+    runs = tmp_path / "runs"
+    config = yaml.safe_load((runs / "smnist_rows-hamiltonian-s0" / "config.yaml").read_text())
+    assert config["model_kwargs"] == {"emit": "p"}
+    assert yaml.safe_load((runs / "smnist_rows-lstm-s0" / "config.yaml").read_text())["model_kwargs"] == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{emit", "not JSON"),
+        ('{"hamiltonian": 3}', "expected"),
+        ('{"nope": {}}', "unknown models ['nope']"),
+    ],
+)
+def test_bad_model_kwargs_fail_on_the_command_line_naming_the_problem(text, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--model-kwargs", text])
+    assert message in capsys.readouterr().err
