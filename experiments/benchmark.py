@@ -46,6 +46,7 @@ from hrnn.models import available_models
 from hrnn.wandb_logger import OfflineRun, wait_for_offline_run
 from tasks import ADDING_BASELINE_MSE, copy_baseline_cross_entropy
 
+from .checkpoint import find_checkpoint, load_checkpoint
 from .config import WANDB_MODES, TrainConfig, build_config
 from .train import NonFiniteLossError, train
 
@@ -236,10 +237,23 @@ def train_config(
 FINISHED_KEY, DIVERGED_KEY = "final/steps", "train/loss"
 
 
+def _own_wandb_id(run_dir: Path) -> str | None:
+    """The W&B run id in the run's checkpoint (``None`` without one, or without W&B)."""
+    try:
+        return load_checkpoint(find_checkpoint(run_dir)).get("wandb_run_id")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def _offline_run(run_dir: Path, last_key: str) -> OfflineRun | None:
-    """The run's offline W&B record, once it holds ``last_key`` (``None`` without W&B)."""
+    """The run's offline W&B record, once it holds ``last_key`` (``None`` without W&B).
+
+    A folder may hold several W&B runs (a resumed or repeated run): the one whose id the run's
+    checkpoint names is read, else the newest."""
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    return wait_for_offline_run(runs[-1], last_key) if runs else None
+    own = _own_wandb_id(run_dir)
+    mine = [r for r in runs if own is not None and r.name.endswith(f"-{own}")]
+    return wait_for_offline_run((mine or runs)[-1], last_key) if runs else None
 
 
 def read_curves(run_dir: Path, last_key: str = FINISHED_KEY) -> list[dict[str, float]]:
@@ -296,12 +310,16 @@ def _run_one(
     value, status, last_key = _train_once(config, budget.metric)
     wall_time = time.perf_counter() - started
     run_dir = Path(config.out_dir) / config.name
-    curve = read_curves(run_dir, last_key)
+    try:
+        curve, parameters = read_curves(run_dir, last_key), read_parameter_count(run_dir, last_key)
+    except TimeoutError as error:  # the result stands; only its curves are missing
+        log.warning("%s: no curves or parameter count (%s)", config.name, error)
+        curve, parameters = [], None
     row = {
         "benchmark": benchmark,
         "model": model,
         "seed": seed,
-        "parameters": read_parameter_count(run_dir, last_key),
+        "parameters": parameters,
         "metric": budget.metric,
         "value": value,
         "status": status,

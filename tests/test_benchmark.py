@@ -276,3 +276,38 @@ def test_bad_model_kwargs_fail_on_the_command_line_naming_the_problem(text, mess
     with pytest.raises(SystemExit):
         main(["--quick", "--model-kwargs", text])
     assert message in capsys.readouterr().err
+
+
+def test_curves_come_from_the_wandb_run_the_checkpoint_names_when_a_folder_holds_several(
+    tmp_path, monkeypatch
+):
+    from experiments.checkpoint import save_checkpoint
+
+    for name in ("offline-run-20260101_000000-older", "offline-run-20260101_000100-newer"):
+        (tmp_path / "wandb" / name).mkdir(parents=True)
+    state = {
+        "model": {},
+        "optimizer": {},
+        "scheduler": {},
+        "step": 1,
+        "config": {},
+        "rng": [],
+        "hrnn_version": "0",
+    }
+    save_checkpoint(tmp_path / "checkpoint.pt", {**state, "wandb_run_id": "older"})
+    read = []
+    monkeypatch.setattr(benchmark_module, "wait_for_offline_run", lambda path, key: read.append(path.name))
+    benchmark_module._offline_run(tmp_path, "final/steps")
+    save_checkpoint(tmp_path / "checkpoint.pt", {**state, "wandb_run_id": None})
+    benchmark_module._offline_run(tmp_path, "final/steps")
+    assert read == ["offline-run-20260101_000000-older", "offline-run-20260101_000100-newer"]
+
+
+def test_a_wandb_file_that_comes_too_late_costs_the_curves_not_the_result(tmp_path, monkeypatch):
+    def late(run_dir, last_key="final/steps"):
+        raise TimeoutError("W&B did not write 'final/steps' within 60 s")
+
+    monkeypatch.setattr(benchmark_module, "read_curves", late)
+    main(["--quick", "--tasks", "adding1000", "--models", "lstm", "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert row["status"] == "ok" and math.isfinite(row["value"]) and row["parameters"] is None
