@@ -6,13 +6,15 @@ Usage::
     python -m experiments.benchmark --tasks adding1000 --seeds 0 1 2
     python -m experiments.benchmark --tasks psmnist --steps 300          # a shortened budget
     python -m experiments.benchmark --tasks adding1000_readout --models hamiltonian lstm   # diagnostic
+    python -m experiments.benchmark --tasks fsdd --models hamiltonian \\
+        --model-kwargs '{"hamiltonian": {"emit": "p"}}' --out outputs/emit_p     # an ablation
     python -m experiments.benchmark --quick --wandb disabled --out /tmp/bench  # smoke run (seconds)
 
 Each benchmark of :data:`BUDGETS` gives every model exactly the same training config but for the
 model's name: the task, the number of steps and one :class:`Recipe` (optimizer, learning rate and
 schedule, weight decay, batch, hidden size, clipping, seeds). The models run on their registry
 defaults (:func:`hrnn.build_model`: residual blocks and the trainer's read-out). Only the
-``adding1000_readout`` diagnostic sets per-model layer options.
+``adding1000_readout`` diagnostic and ``--model-kwargs`` ablations set per-model layer options.
 
 Prints a table (one row per benchmark and model: parameters, the metric of every seed and their
 mean, wall time, status) and writes to ``--out``: ``results.csv`` / ``results.json`` (the budgets
