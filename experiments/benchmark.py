@@ -66,7 +66,7 @@ __all__ = [
     "format_table",
     "main",
     "read_curves",
-    "read_parameter_count",
+    "read_run",
     "run_benchmark",
     "train_config",
 ]
@@ -258,23 +258,25 @@ def _offline_run(run_dir: Path, last_key: str) -> OfflineRun | None:
     return wait_for_offline_run((mine or runs)[-1], last_key) if runs else None
 
 
-def read_curves(run_dir: Path, last_key: str = FINISHED_KEY) -> list[dict[str, float]]:
-    """``[{step, key, value}]`` of ``val/*`` and ``train/loss`` from the run's offline W&B file (empty without one)."""
+def read_run(run_dir: Path, last_key: str = FINISHED_KEY) -> tuple[list[dict[str, float]], int | None]:
+    """The run's curves and parameter count, from one read of its offline W&B file: ``[{step, key,
+    value}]`` of ``val/*`` and ``train/loss``, and the count :func:`experiments.train.train` stores
+    in the W&B config (``([], None)`` without W&B)."""
     run = _offline_run(run_dir, last_key)
     if run is None:
-        return []
-    return [
+        return [], None
+    curve = [
         {"step": record["_step"], "key": key, "value": value}
         for record in run.history
         for key, value in record.items()
         if key.startswith("val/") or key == "train/loss"
     ]
+    return curve, run.config.get("num_parameters")
 
 
-def read_parameter_count(run_dir: Path, last_key: str = FINISHED_KEY) -> int | None:
-    """The model's parameter count that :func:`experiments.train.train` stores in the W&B config (``None`` without W&B)."""
-    run = _offline_run(run_dir, last_key)
-    return None if run is None else run.config.get("num_parameters")
+def read_curves(run_dir: Path, last_key: str = FINISHED_KEY) -> list[dict[str, float]]:
+    """The curves of :func:`read_run` (empty without W&B)."""
+    return read_run(run_dir, last_key)[0]
 
 
 #: Test MSE levels whose first crossing on the validation curve an MSE benchmark reports.
@@ -313,7 +315,7 @@ def _run_one(
     wall_time = time.perf_counter() - started
     run_dir = Path(config.out_dir) / config.name
     try:
-        curve, parameters = read_curves(run_dir, last_key), read_parameter_count(run_dir, last_key)
+        curve, parameters = read_run(run_dir, last_key)
     except TimeoutError as error:  # the result stands; only its curves are missing
         log.warning("%s: no curves or parameter count (%s)", config.name, error)
         curve, parameters = [], None

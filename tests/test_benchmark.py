@@ -139,7 +139,7 @@ def test_mse_rows_carry_the_steps_where_the_validation_curve_first_crosses_each_
         {"step": 6, "key": "val/mse", "value": 0.008},
     ]
     monkeypatch.setattr(benchmark_module, "train", lambda config: {"test_mse": 0.007, "test_accuracy": 0.5})
-    monkeypatch.setattr(benchmark_module, "read_curves", lambda run_dir, last_key: curve)
+    monkeypatch.setattr(benchmark_module, "read_run", lambda run_dir, last_key: (curve, None))
     rows = run_benchmark(
         ["adding1000", "fsdd"], ["gru"], tmp_path, budgets=QUICK_BUDGETS, wandb="disabled", seeds=[3]
     )
@@ -307,7 +307,7 @@ def test_a_wandb_file_that_comes_too_late_costs_the_curves_not_the_result(tmp_pa
     def late(run_dir, last_key="final/steps"):
         raise TimeoutError("W&B did not write 'final/steps' within 60 s")
 
-    monkeypatch.setattr(benchmark_module, "read_curves", late)
+    monkeypatch.setattr(benchmark_module, "read_run", late)
     main(["--quick", "--tasks", "adding1000", "--models", "lstm", "--out", str(tmp_path)])
     (row,) = json.loads((tmp_path / "results.json").read_text())["results"]
     assert row["status"] == "ok" and math.isfinite(row["value"]) and row["parameters"] is None
