@@ -365,6 +365,7 @@ def test_reversible_mode_needs_a_symplectic_scheme():
         ({"weight_q": torch.zeros(N, N + 1, dtype=F64)}, ValueError, r"weight_q must have shape \(4, 4\)"),
         ({"dt": -0.1}, ValueError, "step size"),
         ({"bias_ih": torch.zeros(N, dtype=F64)}, ValueError, "without weight_ih"),
+        ({"emit": "h"}, ValueError, r"emit must be one of \['p', 'q'\], got 'h'"),
     ],
 )
 def test_hamiltonian_scan_rejects_bad_arguments_with_a_clear_error(kwargs, error, message):

@@ -330,7 +330,7 @@ class _HamiltonianScan(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)
         stored = keep and not cfg.reversible
         fp, fq, fe = layout.final["p"], layout.final["q"], layout.final[emit]
-        carried = fq if emit == "p" else fp
+        carried = fp if fe == fq else fq  # the final buffer not kept whole
         segments = cfg.segments(seq_len)
         rows = seq_len if stored else max(b - a for a, b in segments)
         # the emitted variable's last version of every step is the output: its buffer is the
@@ -478,8 +478,6 @@ def hamiltonian_scan(
     Returns:
         ``(outputs, p_T, q_T)``: ``emit`` of every step (T, B, n) and the final state, each (B, n).
     """
-    if emit not in ("p", "q"):
-        raise ValueError(f"emit must be 'p' or 'q', got {emit!r}")
     s = get_scheme(scheme)
     n = p0.shape[-1] if isinstance(p0, Tensor) else 0
     params = {
@@ -491,6 +489,8 @@ def hamiltonian_scan(
     )
     step = float(dt)
     layout = layout_of(s.plan, decay is not None)
+    if emit not in layout.final:
+        raise ValueError(f"emit must be one of {sorted(layout.final)}, got {emit!r}")
     return _HamiltonianScan.apply(
         u, p0, q0, weight_q, weight_p, bias_p, weight_ih, bias_ih, decay, layout, step, cfg, emit
     )
