@@ -28,7 +28,7 @@ unfinished sequences is constant, the state carried from one segment to the next
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,10 @@ class RecurrentLayer(nn.Module):
         bidirectional: each layer also runs a second cell on the time-reversed sequence and
             concatenates its outputs (layer ``l > 0`` then takes 2 * hidden_size features).
         **cell_kw: options of the cell (e.g. ``dt``, ``scheme``), the same for every layer, and
-            torch.nn's factory arguments ``device`` and ``dtype``.
+            torch.nn's factory arguments ``device`` and ``dtype``. An option the cell class lists in
+            ``per_layer_options`` may instead be a list or tuple of ``num_layers`` values, layer
+            ``l``'s cells (both directions) getting entry ``l``; a list for any other option is
+            refused (a tuple passes to the cell as one value, e.g. a ``(low, high)`` pair).
 
     ``cells[k]`` is layer ``k // D``, direction ``k % D`` (D = :attr:`num_directions`), and owns
     ``h_n[k]``.
@@ -109,8 +112,9 @@ class RecurrentLayer(nn.Module):
         self.time_dropout = bool(time_dropout)
         self.bidirectional = bool(bidirectional)
         width = self.num_directions * hidden_size
+        layer_kw = _per_layer_kwargs(self.cell_class, cell_kw, num_layers)
         self.cells = nn.ModuleList(
-            self.cell_class(input_size if layer == 0 else width, hidden_size, **cell_kw)
+            self.cell_class(input_size if layer == 0 else width, hidden_size, **layer_kw[layer])
             for layer in range(num_layers)
             for _ in range(self.num_directions)
         )
@@ -235,7 +239,46 @@ class RecurrentLayer(nn.Module):
     def extra_repr(self) -> str:
         options = f"num_layers={self.num_layers}, batch_first={self.batch_first}, dropout={self.dropout}"
         options += ", time_dropout=True" if self.time_dropout else ""
-        return options + (", bidirectional=True" if self.bidirectional else "")
+        options += ", bidirectional=True" if self.bidirectional else ""
+        if self.num_layers > 1:  # the values the cells hold now, one per layer
+            for name in getattr(self.cell_class, "per_layer_options", ()):
+                values = [_shown(getattr(cell, name)) for cell in self.cells[:: self.num_directions]]
+                options += f", {name}=[{', '.join(values)}]"
+        return options
+
+
+def _given_per_layer(cell_class: type, name: str, value: object) -> bool:
+    """Whether ``value`` gives option ``name`` one entry per layer: a list or tuple for an option the
+    cell class lists in ``per_layer_options``, a list for any other (which is refused)."""
+    if name in getattr(cell_class, "per_layer_options", ()):
+        return isinstance(value, list | tuple)
+    return isinstance(value, list)
+
+
+def _per_layer_kwargs(cell_class: type, cell_kw: dict[str, Any], num_layers: int) -> list[dict[str, Any]]:
+    """The cell options of each of ``num_layers`` layers: entry ``l`` of each per-layer option given
+    as a sequence, every other option as given (see :class:`RecurrentLayer`)."""
+    per_layer = getattr(cell_class, "per_layer_options", ())
+    layers = [dict(cell_kw) for _ in range(num_layers)]
+    for name, value in cell_kw.items():
+        if not _given_per_layer(cell_class, name, value):
+            continue
+        if name not in per_layer:
+            raise ValueError(
+                f"{name} was given a list of length {len(value)} (num_layers={num_layers}), but it is not "
+                f"a per-layer option of {cell_class.__name__}; per-layer options: {list(per_layer)}"
+            )
+        if len(value) != num_layers:
+            raise ValueError(
+                f"{name} was given {len(value)} values, one per layer, but num_layers={num_layers}"
+            )
+        for options, entry in zip(layers, value, strict=True):
+            options[name] = entry
+    return layers
+
+
+def _shown(value: object) -> str:
+    return f"{value.item():.4g}" if isinstance(value, Tensor) else repr(value)
 
 
 def _pack(parts: State) -> HiddenState:
@@ -317,7 +360,9 @@ class OscillatorRNN(RecurrentLayer):
     r"""Stacked :class:`hrnn.cells.OscillatorCell` layers (UnICORNN-type independent oscillators).
 
     Equations in :class:`~hrnn.cells.OscillatorCell`. Cell options: ``dt`` (or ``"auto"`` with
-    ``seq_len``), ``alpha``, ``scheme``, ``memory``, ``anchor_every``, ``fast``. Shapes as
+    ``seq_len``), ``alpha``, ``scheme``, ``memory``, ``anchor_every``, ``fast``. ``dt`` may also be a
+    list of ``num_layers`` entries (each a float or ``"auto"``): layer ``l``'s units then step
+    :math:`h_i = dt_l\,\sigma(c_i)`, as in UnICORNN's multi-layer model. Shapes as
     :class:`HamiltonianRNN`.
     """
 

@@ -68,8 +68,8 @@ class Capabilities:
 class RecurrentCell(nn.Module):
     """Base of the recurrent cells: input projection, single-step ``forward``, the ``scan`` loop.
 
-    Subclasses set ``state_names`` (and ``output_index``, the state part they emit, and
-    ``capabilities``), create their
+    Subclasses set ``state_names`` (and ``output_index``, the state part they emit,
+    ``capabilities`` and ``per_layer_options``), create their
     parameters after calling ``super().__init__``, and implement ``step`` and ``reset_parameters``.
     ``gates`` input projections of size ``hidden_size`` are stacked in ``weight_ih``. ``device``
     and ``dtype`` are torch.nn's factory arguments for the parameters and buffers.
@@ -79,6 +79,9 @@ class RecurrentCell(nn.Module):
     output_index: ClassVar[int] = -1
     capabilities: ClassVar[Capabilities] = Capabilities()
     gates: ClassVar[int] = 1
+    #: options a layer (:class:`hrnn.rnn.RecurrentLayer`) may give one value per stacked layer,
+    #: each held by the cell under the option's name
+    per_layer_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, input_size: int, hidden_size: int, *, device=None, dtype=None) -> None:
         super().__init__()

@@ -377,6 +377,7 @@ class OscillatorCell(SeparableHamiltonianCell):
     """
 
     capabilities = Capabilities(canonical=True, symplectic=True, auto_dt=True, reversible=True)
+    per_layer_options = ("dt",)
 
     def __init__(
         self,
