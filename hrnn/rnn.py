@@ -247,27 +247,15 @@ class RecurrentLayer(nn.Module):
         return options
 
 
-def _given_per_layer(cell_class: type, name: str, value: object) -> bool:
-    """Whether ``value`` gives option ``name`` one entry per layer: a list or tuple for an option the
-    cell class lists in ``per_layer_options``, a list for any other (which is refused)."""
-    if name in getattr(cell_class, "per_layer_options", ()):
-        return isinstance(value, list | tuple)
-    return isinstance(value, list)
-
-
 def _per_layer_kwargs(cell_class: type, cell_kw: dict[str, Any], num_layers: int) -> list[dict[str, Any]]:
-    """The cell options of each of ``num_layers`` layers: entry ``l`` of each per-layer option given
-    as a sequence, every other option as given (see :class:`RecurrentLayer`)."""
-    per_layer = getattr(cell_class, "per_layer_options", ())
+    """The cell options of each of ``num_layers`` layers: entry ``l`` of each option the cell class
+    lists in ``per_layer_options`` when given as a list or tuple, every other option as given (a
+    JSON or YAML pair such as ``timescales`` arrives as a list and goes to the cell whole)."""
     layers = [dict(cell_kw) for _ in range(num_layers)]
-    for name, value in cell_kw.items():
-        if not _given_per_layer(cell_class, name, value):
+    for name in getattr(cell_class, "per_layer_options", ()):
+        value = cell_kw.get(name)
+        if not isinstance(value, list | tuple):
             continue
-        if name not in per_layer:
-            raise ValueError(
-                f"{name} was given a list of length {len(value)} (num_layers={num_layers}), but it is not "
-                f"a per-layer option of {cell_class.__name__}; per-layer options: {list(per_layer)}"
-            )
         if len(value) != num_layers:
             raise ValueError(
                 f"{name} was given {len(value)} values, one per layer, but num_layers={num_layers}"

@@ -74,4 +74,6 @@ def resolve_dt(dt: float | str, seq_len: int | None, max_frequency: float) -> fl
         if seq_len is None:
             raise ValueError("dt='auto' needs seq_len=<the sequence length> to choose the step size")
         return heuristic_dt(seq_len, max_frequency)
+    if isinstance(dt, bool) or not isinstance(dt, int | float):
+        raise ValueError(f"dt must be a positive number or 'auto', got {dt!r}")
     return float(dt)

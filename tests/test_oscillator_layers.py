@@ -76,14 +76,14 @@ def test_a_per_layer_list_of_the_wrong_length_is_refused_naming_both_lengths():
         OscillatorRNN(IN, N, num_layers=3, dt=[0.1, 0.2])
 
 
-def test_a_list_for_an_option_that_is_not_per_layer_is_refused():
-    message = r"alpha was given a list of length 2 \(num_layers=2\), but it is not a per-layer option of OscillatorCell"
-    with pytest.raises(ValueError, match=message):
+def test_a_list_for_an_option_that_is_not_per_layer_goes_to_the_cell_whole():
+    # JSON and YAML have no tuples: a (low, high) pair arrives as a list and must stay one value
+    layer = HamiltonianRNN(IN, N, num_layers=2, timescales=[1e-3, 0.3])
+    assert [cell.timescales for cell in layer.cells] == [(1e-3, 0.3)] * 2
+    with pytest.raises(ValueError, match=r"alpha must be a finite number >= 0, got \[1.0, 2.0\]"):
         OscillatorRNN(IN, N, num_layers=2, alpha=[1.0, 2.0])
-    with pytest.raises(ValueError, match=r"dt was given a list of length 2 .* per-layer options: \[\]"):
+    with pytest.raises(ValueError, match=r"dt must be a positive number or 'auto', got \[0.1, 0.2\]"):
         HamiltonianRNN(IN, N, num_layers=2, dt=[0.1, 0.2])
-    # a tuple is one value of a non-per-layer option, e.g. a (low, high) pair
-    assert HamiltonianRNN(IN, N, num_layers=2, timescales=(1e-3, 0.3)).cells[1].timescales == (1e-3, 0.3)
 
 
 def test_a_saved_state_dict_keeps_each_layers_dt():

@@ -399,8 +399,12 @@ class OscillatorCell(SeparableHamiltonianCell):
             device=device, dtype=dtype,
         )  # fmt: skip
         factory = {"device": device, "dtype": dtype}
-        if not (float(alpha) >= 0 and math.isfinite(alpha)):
-            raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
+        if (
+            isinstance(alpha, bool)
+            or not isinstance(alpha, int | float)
+            or not (alpha >= 0 and math.isfinite(alpha))
+        ):
+            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
         self.w = Parameter(torch.empty(hidden_size, **factory))
         self.c = Parameter(torch.empty(hidden_size, **factory))
         self.register_buffer("alpha", torch.tensor(float(alpha), **factory))
