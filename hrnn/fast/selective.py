@@ -1,0 +1,282 @@
+r"""Fast whole-sequence recurrence of the selective Hamiltonian cell (symplectic Euler, stored memory).
+
+The step of :class:`hrnn.cells.SelectiveHamiltonianCell` on the projected input
+:math:`(u_t, z_t)` (drive and gate logits, each (B, n)), with :math:`r_t = \sqrt{\sigma(z_t)}` and the
+optional friction :math:`d_t = e^{-\zeta h r_t^2}`:
+
+.. math::
+    a_t = \tanh((r_t q_t) K_q^\top + u_t),\quad p_{t+1} = d_t p_t - h\,r_t\,(a_t K_q),\quad
+    b_t = \tanh((r_t p_{t+1}) K_p^\top + b_p),\quad q_{t+1} = q_t + h\,r_t\,(b_t K_p).
+
+:math:`r_t`, :math:`d_t` and the drive are computed for the whole sequence outside the loop (autograd
+differentiates those few elementwise ops); the loop is four matrix multiplies a step. Its backward
+carries only the state cotangents: with :math:`\bar q_{t+1}` complete,
+
+.. math::
+    \zeta_t = ((h r_t \bar q_{t+1}) K_p^\top)(1 - b_t^2),\quad
+    \bar p_{t+1} \mathrel{+}= r_t (\zeta_t K_p),\quad
+    \eta_t = ((h r_t \bar p_{t+1}) K_q^\top)(a_t^2 - 1),
+
+    \bar q_t \mathrel{+}= \bar q_{t+1} + r_t (\eta_t K_q),\qquad \bar p_t \mathrel{+}= d_t \bar p_{t+1},
+
+and :math:`\bar u_t = \eta_t`; the cotangents of :math:`r_t`, :math:`d_t`, :math:`K_q`, :math:`K_p` and
+:math:`b_p` are computed a segment at a time after it, the weights' in a few large matrix multiplies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from itertools import pairwise
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..integrators import validate_state, validate_step_size
+from ..validation import lookup
+from ._common import DEFAULT_CHUNK, _check_tensor, segment_bounds
+
+__all__ = ["selective_scan"]
+
+#: what the scan can emit at every step -> the field of :class:`_Trace` that holds it
+_EMITTED: dict[str, str] = {"p": "p", "q": "q"}
+
+
+@dataclass(frozen=True)
+class _Trace:
+    """Everything the forward keeps for the backward: states (T + 1, B, n), row 0 the initial one;
+    per step (T, B, n): the activations, their products with the weights and the scaled states."""
+
+    p: Tensor
+    q: Tensor
+    act_q: Tensor  # a_t
+    act_p: Tensor  # b_t
+    kick: Tensor  # a_t K_q
+    drift: Tensor  # b_t K_p
+    root_q: Tensor  # r_t q_t
+    root_p: Tensor  # r_t p_{t+1}
+
+    @classmethod
+    def empty(cls, seq_len: int, like: Tensor) -> _Trace:
+        states = {f.name: like.new_empty(seq_len + 1, *like.shape) for f in fields(cls)[:2]}
+        steps = {f.name: like.new_empty(seq_len, *like.shape) for f in fields(cls)[2:]}
+        return cls(**states, **steps)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+def _forward(drive, root, decay, p0, q0, weight_q, weight_p, bias_p, h: float) -> _Trace:
+    """Run every step; ``drive``, ``root`` and ``decay`` (or None) are (T, B, n)."""
+    tr = _Trace.empty(drive.shape[0], p0)
+    tr.p[0], tr.q[0] = p0, q0
+    scaled = root * h
+    kq_t, kp_t, damped = weight_q.T, weight_p.T, p0.new_empty(p0.shape)
+    p, q = tr.p.unbind(0), tr.q.unbind(0)
+    rows = zip(
+        *(
+            x.unbind(0)
+            for x in (drive, root, scaled, tr.act_q, tr.act_p, tr.kick, tr.drift, tr.root_q, tr.root_p)
+        ),
+        decay.unbind(0) if decay is not None else [None] * drive.shape[0],
+        strict=True,
+    )
+    for t, (u, r, hr, a, b, v, w, rq, rp, d) in enumerate(rows):
+        torch.addmm(u, torch.mul(r, q[t], out=rq), kq_t, out=a).tanh_()
+        torch.mm(a, weight_q, out=v)
+        start = p[t] if d is None else torch.mul(d, p[t], out=damped)
+        torch.addcmul(start, hr, v, value=-1, out=p[t + 1])
+        torch.addmm(bias_p, torch.mul(r, p[t + 1], out=rp), kp_t, out=b).tanh_()
+        torch.mm(b, weight_p, out=w)
+        torch.addcmul(q[t], hr, w, out=q[t + 1])
+    return tr
+
+
+class _Workspace:
+    """The backward's per-segment buffers (rows, B, n), allocated once for the longest segment."""
+
+    names = ("grad_q", "grad_p", "scaled_q", "scaled_p", "zeta", "zeta_k", "eta_k", "sech_q", "sech_p", "hr")
+
+    def __init__(self, rows: int, like: Tensor) -> None:
+        for name in self.names:
+            setattr(self, name, like.new_empty(rows, *like.shape))
+
+    def rows(self, m: int) -> dict[str, Tensor]:
+        return {name: getattr(self, name)[:m] for name in self.names}
+
+
+@dataclass
+class _Grads:
+    """The gradients the backward fills: per step (T, B, n) and of the weights."""
+
+    drive: Tensor
+    root: Tensor
+    decay: Tensor | None
+    weight_q: Tensor
+    weight_p: Tensor
+    bias_p: Tensor
+
+
+def _backward_loop(
+    ws, root, decay, weight_q, weight_p, t0: int, t1: int, grads: _Grads
+) -> tuple[Tensor, Tensor]:
+    """Propagate the state cotangents through steps ``t1 - 1`` down to ``t0``: on entry the workspace's
+    rows hold each step's output cotangents; returns the cotangents (p, q) of the state before it."""
+    kq_t, kp_t = weight_q.T, weight_p.T
+    gq, gp, tq, tp, zeta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _Workspace.names)
+    eta, r_rows = grads.drive[t0:t1].unbind(0), root[t0:t1].unbind(0)
+    d_rows = None if decay is None else decay[t0:t1].unbind(0)
+    for i in range(t1 - t0 - 1, -1, -1):
+        r = r_rows[i]
+        z = torch.mm(torch.mul(gq[i], hr[i], out=tq[i]), kp_t, out=zeta[i]).mul_(sp[i])
+        gp[i].addcmul_(r, torch.mm(z, weight_p, out=zk[i]))  # gp[i] is now complete
+        e = torch.mm(torch.mul(gp[i], hr[i], out=tp[i]), kq_t, out=eta[i]).mul_(sq[i])
+        torch.mm(e, weight_q, out=ek[i])
+        if i > 0:
+            gq[i - 1].add_(gq[i]).addcmul_(r, ek[i])
+            if d_rows is None:
+                gp[i - 1].add_(gp[i])
+            else:
+                gp[i - 1].addcmul_(d_rows[i], gp[i])
+    before_p = gp[0].clone() if d_rows is None else d_rows[0] * gp[0]
+    return before_p, torch.addcmul(gq[0], r_rows[0], ek[0])
+
+
+def _segment_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, grads: _Grads) -> None:
+    """The cotangents of :math:`r_t, d_t` and the weights' gradient terms of steps ``t0 .. t1 - 1``."""
+
+    def flat(x: Tensor) -> Tensor:
+        return x.reshape(-1, x.shape[-1])
+
+    eta, zeta = grads.drive[t0:t1], ws["zeta"]
+    grads.weight_p.addmm_(flat(tr.act_p[t0:t1]).T, flat(ws["scaled_q"]))
+    grads.weight_p.addmm_(flat(zeta).T, flat(tr.root_p[t0:t1]))
+    grads.weight_q.addmm_(flat(tr.act_q[t0:t1]).T, flat(ws["scaled_p"]), alpha=-1)
+    grads.weight_q.addmm_(flat(eta).T, flat(tr.root_q[t0:t1]))
+    grads.bias_p.add_(flat(zeta).sum(0))
+    # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r q inside a
+    g_root = torch.mul(ws["grad_q"], tr.drift[t0:t1], out=grads.root[t0:t1])
+    g_root.sub_(torch.mul(ws["grad_p"], tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
+    g_root.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.q[t0:t1], ws["eta_k"])
+    if grads.decay is not None:
+        torch.mul(ws["grad_p"], tr.p[t0:t1], out=grads.decay[t0:t1])
+
+
+def _backward_segment(tr, ws, root, decay, weights, t0, t1, h, seeds, carry, grads) -> tuple[Tensor, Tensor]:
+    """One segment of the backward: seed its cotangents with the output's (``seeds``, for (p, q), None
+    where not emitted) and, at its last step, the later segment's (``carry``); run the loop; add its
+    gradients."""
+    rows = ws.rows(t1 - t0)
+    for name, seed, later in zip(("grad_p", "grad_q"), seeds, carry, strict=True):
+        if seed is None:
+            rows[name].zero_()
+        else:
+            rows[name].copy_(seed[t0:t1])
+        rows[name][-1].add_(later)
+    torch.mul(root[t0:t1], h, out=rows["hr"])
+    a, b = tr.act_q[t0:t1], tr.act_p[t0:t1]
+    one = torch.ones((), dtype=root.dtype, device=root.device)
+    torch.addcmul(-one, a, a, out=rows["sech_q"])  # the kick's sign folded in: a^2 - 1
+    torch.addcmul(one, b, b, value=-1, out=rows["sech_p"])
+    before = _backward_loop(rows, root, decay, *weights, t0, t1, grads)
+    _segment_grads(tr, rows, t0, t1, h, grads)
+    return before
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, drive, root, decay, p0, q0, weight_q, weight_p, bias_p, h, emit, chunk):
+        tr = _forward(drive, root, decay, p0, q0, weight_q, weight_p, bias_p, h)
+        ctx.h, ctx.emit, ctx.chunk = h, emit, chunk
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(root, decay, weight_q, weight_p, *tr.tensors())
+        return getattr(tr, _EMITTED[emit])[1:], tr.p[-1].clone(), tr.q[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, grad_p, grad_q):
+        root, decay, weight_q, weight_p, *saved = ctx.saved_tensors
+        tr, h = _Trace(*saved), ctx.h
+        seq_len, like = root.shape[0], root[0]
+        grads = _Grads(
+            torch.empty_like(root), torch.empty_like(root), None if decay is None else torch.empty_like(root),
+            torch.zeros_like(weight_q), torch.zeros_like(weight_p), torch.zeros_like(weight_p[0]),
+        )  # fmt: skip
+        seeds = (grad_out, None) if ctx.emit == "p" else (None, grad_out)
+        carry = tuple(torch.zeros_like(like) if g is None else g for g in (grad_p, grad_q))
+        segments = list(pairwise(segment_bounds(seq_len, ctx.chunk)))
+        ws = _Workspace(max(t1 - t0 for t0, t1 in segments), like)
+        for t0, t1 in reversed(segments):
+            carry = _backward_segment(
+                tr, ws, root, decay, (weight_q, weight_p), t0, t1, h, seeds, carry, grads
+            )
+        result = (grads.drive, grads.root, grads.decay, *carry, grads.weight_q, grads.weight_p, grads.bias_p)
+        return (
+            *(g if need else None for g, need in zip(result, ctx.needs_input_grad, strict=False)),
+            None,
+            None,
+            None,
+        )
+
+
+def _validate(u, p0, q0, params: dict[str, tuple[Tensor | None, tuple[int, ...]]], h, emit, chunk) -> None:
+    validate_state(p0, q0)
+    if p0.dim() != 2:
+        raise ValueError(f"p0 and q0 must have shape (batch, hidden), got {tuple(p0.shape)}")
+    batch, n = p0.shape
+    if not isinstance(u, Tensor) or u.dim() != 3 or u.shape[0] < 1 or u.shape[1:] != (batch, 2 * n):
+        shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+        raise ValueError(f"u must have shape (seq_len >= 1, batch={batch}, 2 * hidden={2 * n}), got {shape}")
+    for name, (t, shape) in {"u": (u, tuple(u.shape)), **params}.items():
+        if t is not None:
+            _check_tensor(name, t, shape, p0)
+    validate_step_size(h, like=p0)
+    if isinstance(h, Tensor) and h.dim() != 0:
+        raise ValueError(f"the step size must be a float or a 0-dim tensor, got shape {tuple(h.shape)}")
+    lookup(_EMITTED, emit, "emit")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+
+
+def selective_scan(
+    u: Tensor,
+    p0: Tensor,
+    q0: Tensor,
+    weight_q: Tensor,
+    weight_p: Tensor,
+    bias_p: Tensor,
+    h: Tensor | float,
+    *,
+    damping: Tensor | None = None,
+    emit: str = "q",
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Run the selective Hamiltonian cell over a whole sequence; the plain loop's values and gradients.
+
+    Args:
+        u: projected input (T, B, 2n): the drive :math:`u_t` and the gate logits :math:`z_t`, so that
+            :math:`r_t = \sqrt{\sigma(z_t)}` (module docstring).
+        p0, q0: initial state, each (B, n).
+        weight_q, weight_p: :math:`K_q, K_p` (n, n). bias_p: :math:`b_p` (n,).
+        h: the step, a positive float or 0-dim tensor (not differentiated).
+        damping: the friction rate :math:`\zeta` (n,), ``softplus(damping_raw)``: each step starts
+            with :math:`p \leftarrow e^{-\zeta h \sigma(z_t)} p`; ``None``: the conservative step.
+        emit: the variable returned at every step, ``"q"`` or ``"p"``.
+        chunk: segment length of the backward workspace.
+
+    Returns:
+        ``(outputs, p_T, q_T)``: ``emit`` of every step (T, B, n) and the final state, each (B, n).
+    """
+    n = p0.shape[-1] if isinstance(p0, Tensor) else 0
+    params = {
+        "weight_q": (weight_q, (n, n)), "weight_p": (weight_p, (n, n)), "bias_p": (bias_p, (n,)),
+        "damping": (damping, (n,)),
+    }  # fmt: skip
+    _validate(u, p0, q0, params, h, emit, chunk)
+    step = float(h)
+    drive, gate = u.chunk(2, dim=-1)
+    s = torch.sigmoid(gate)
+    decay = None if damping is None else torch.exp(-damping * step * s)
+    return _SelectiveScan.apply(
+        drive.contiguous(), s.sqrt(), decay, p0, q0, weight_q, weight_p, bias_p, step, emit, chunk
+    )
