@@ -1,26 +1,28 @@
 r"""Fast whole-sequence recurrence of the selective Hamiltonian cell (symplectic Euler, stored memory).
 
-The step of :class:`hrnn.cells.SelectiveHamiltonianCell` on the projected input
-:math:`(u_t, z_t)` (drive and gate logits, each (B, n)), with :math:`r_t = \sqrt{\sigma(z_t)}` and the
-optional friction :math:`d_t = e^{-\zeta h r_t^2}`:
+The step of :class:`hrnn.cells.SelectiveHamiltonianCell` on the projected input :math:`(u_t, z_t)`
+(drive and gate logits, each (B, n)), with :math:`r_t = \sqrt{\sigma(z_t)}` and the optional
+friction :math:`d_t = e^{-\zeta h r_t^2}`:
 
 .. math::
     a_t = \tanh((r_t q_t) K_q^\top + u_t),\quad p_{t+1} = d_t p_t - h\,r_t\,(a_t K_q),\quad
     b_t = \tanh((r_t p_{t+1}) K_p^\top + b_p),\quad q_{t+1} = q_t + h\,r_t\,(b_t K_p).
 
-:math:`r_t`, :math:`d_t` and the drive are computed for the whole sequence outside the loop (autograd
-differentiates those few elementwise ops); the loop is four matrix multiplies a step. Its backward
-carries only the state cotangents: with :math:`\bar q_{t+1}` complete,
+:math:`r_t` and :math:`d_t` are computed for the whole sequence before the loop, which is then four
+matrix multiplies a step. The backward loop carries only the state cotangents: with
+:math:`\bar q_{t+1}` complete,
 
 .. math::
     \zeta_t = ((h r_t \bar q_{t+1}) K_p^\top)(1 - b_t^2),\quad
     \bar p_{t+1} \mathrel{+}= r_t (\zeta_t K_p),\quad
-    \eta_t = ((h r_t \bar p_{t+1}) K_q^\top)(a_t^2 - 1),
+    \bar u_t = \eta_t = ((h r_t \bar p_{t+1}) K_q^\top)(a_t^2 - 1),
 
-    \bar q_t \mathrel{+}= \bar q_{t+1} + r_t (\eta_t K_q),\qquad \bar p_t \mathrel{+}= d_t \bar p_{t+1},
+    \bar q_t \mathrel{+}= \bar q_{t+1} + r_t (\eta_t K_q),\qquad \bar p_t \mathrel{+}= d_t \bar p_{t+1}.
 
-and :math:`\bar u_t = \eta_t`; the cotangents of :math:`r_t`, :math:`d_t`, :math:`K_q`, :math:`K_p` and
-:math:`b_p` are computed a segment at a time after it, the weights' in a few large matrix multiplies.
+Everything else is computed a segment at a time after it: the gradients of :math:`K_q, K_p, b_p`
+in a few large matrix multiplies, and those of the gate logits and of :math:`\zeta` from the
+cotangents of :math:`r_t` (which enters the step four times) and of :math:`d_t`
+(:math:`\bar d_t = \bar p_{t+1} p_t`).
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ from ._common import DEFAULT_CHUNK, _check_tensor, segment_bounds
 
 __all__ = ["selective_scan"]
 
-#: what the scan can emit at every step -> the field of :class:`_Trace` that holds it
-_EMITTED: dict[str, str] = {"p": "p", "q": "q"}
+#: what the scan can emit at every step (a field of :class:`_Trace`, each step's row after the first)
+_EMITTED: dict[str, str] = {"p": "the momentum", "q": "the position"}
 
 
 @dataclass(frozen=True)
 class _Trace:
-    """Everything the forward keeps for the backward: states (T + 1, B, n), row 0 the initial one;
-    per step (T, B, n): the activations, their products with the weights and the scaled states."""
+    """Everything the forward keeps for the backward: :math:`r_t` and :math:`d_t` (None undamped);
+    the states (T + 1, B, n), row 0 the initial one; per step (T, B, n) the activations, their
+    products with the weights and the scaled states."""
 
+    root: Tensor
+    decay: Tensor | None
     p: Tensor
     q: Tensor
     act_q: Tensor  # a_t
@@ -56,37 +61,42 @@ class _Trace:
     root_q: Tensor  # r_t q_t
     root_p: Tensor  # r_t p_{t+1}
 
-    @classmethod
-    def empty(cls, seq_len: int, like: Tensor) -> _Trace:
-        states = {f.name: like.new_empty(seq_len + 1, *like.shape) for f in fields(cls)[:2]}
-        steps = {f.name: like.new_empty(seq_len, *like.shape) for f in fields(cls)[2:]}
-        return cls(**states, **steps)
-
-    def tensors(self) -> tuple[Tensor, ...]:
+    def tensors(self) -> tuple[Tensor | None, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
-def _forward(drive, root, decay, p0, q0, weight_q, weight_p, bias_p, h: float) -> _Trace:
-    """Run every step; ``drive``, ``root`` and ``decay`` (or None) are (T, B, n)."""
-    tr = _Trace.empty(drive.shape[0], p0)
+def _selection(u: Tensor, damping: Tensor | None, h: float) -> tuple[Tensor, Tensor | None]:
+    r""":math:`r = \sqrt{\sigma(z)}` and :math:`d = e^{-\zeta h r^2}` (or None), each (T, B, n)."""
+    root = torch.sigmoid(u[..., u.shape[-1] // 2 :]).sqrt_()
+    decay = None if damping is None else torch.exp(root.square() * (damping * -h))
+    return root, decay
+
+
+def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace:
+    """Run every step of the projected input ``u`` (T, B, 2n)."""
+    (seq_len, batch, n), like = (u.shape[0], *p0.shape), p0
+    root, decay = _selection(u, damping, h)
+    states = {name: like.new_empty(seq_len + 1, batch, n) for name in ("p", "q")}
+    steps = {f.name: like.new_empty(seq_len, batch, n) for f in fields(_Trace)[4:]}
+    tr = _Trace(root, decay, **states, **steps)
     tr.p[0], tr.q[0] = p0, q0
+    # the activations start as their biases, so that each step adds its product in place
+    tr.act_q.copy_(u[..., :n])
+    tr.act_p.copy_(bias_p)
     scaled = root * h
-    kq_t, kp_t, damped = weight_q.T, weight_p.T, p0.new_empty(p0.shape)
+    kq_t, kp_t, damped = weight_q.T, weight_p.T, like.new_empty(batch, n)
     p, q = tr.p.unbind(0), tr.q.unbind(0)
     rows = zip(
-        *(
-            x.unbind(0)
-            for x in (drive, root, scaled, tr.act_q, tr.act_p, tr.kick, tr.drift, tr.root_q, tr.root_p)
-        ),
-        decay.unbind(0) if decay is not None else [None] * drive.shape[0],
+        *(x.unbind(0) for x in (root, scaled, tr.act_q, tr.act_p, tr.kick, tr.drift, tr.root_q, tr.root_p)),
+        decay.unbind(0) if decay is not None else [None] * seq_len,
         strict=True,
     )
-    for t, (u, r, hr, a, b, v, w, rq, rp, d) in enumerate(rows):
-        torch.addmm(u, torch.mul(r, q[t], out=rq), kq_t, out=a).tanh_()
+    for t, (r, hr, a, b, v, w, rq, rp, d) in enumerate(rows):
+        a.addmm_(torch.mul(r, q[t], out=rq), kq_t).tanh_()
         torch.mm(a, weight_q, out=v)
         start = p[t] if d is None else torch.mul(d, p[t], out=damped)
         torch.addcmul(start, hr, v, value=-1, out=p[t + 1])
-        torch.addmm(bias_p, torch.mul(r, p[t + 1], out=rp), kp_t, out=b).tanh_()
+        b.addmm_(torch.mul(r, p[t + 1], out=rp), kp_t).tanh_()
         torch.mm(b, weight_p, out=w)
         torch.addcmul(q[t], hr, w, out=q[t + 1])
     return tr
@@ -107,25 +117,34 @@ class _Workspace:
 
 @dataclass
 class _Grads:
-    """The gradients the backward fills: per step (T, B, n) and of the weights."""
+    """The gradients the backward fills: of u (T, B, 2n), viewed as its drive and gate halves, and
+    of the parameters."""
 
-    drive: Tensor
-    root: Tensor
-    decay: Tensor | None
+    u: Tensor
     weight_q: Tensor
     weight_p: Tensor
     bias_p: Tensor
+    damping: Tensor | None
+
+    @property
+    def drive(self) -> Tensor:
+        return self.u[..., : self.u.shape[-1] // 2]
+
+    @property
+    def gate(self) -> Tensor:
+        return self.u[..., self.u.shape[-1] // 2 :]
 
 
 def _backward_loop(
-    ws, root, decay, weight_q, weight_p, t0: int, t1: int, grads: _Grads
+    ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int, eta: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Propagate the state cotangents through steps ``t1 - 1`` down to ``t0``: on entry the workspace's
-    rows hold each step's output cotangents; returns the cotangents (p, q) of the state before it."""
+    rows hold each step's output cotangents; ``eta`` (m, B, n) receives :math:`\\bar u_t`. Returns the
+    cotangents (p, q) of the state before the segment."""
     kq_t, kp_t = weight_q.T, weight_p.T
     gq, gp, tq, tp, zeta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _Workspace.names)
-    eta, r_rows = grads.drive[t0:t1].unbind(0), root[t0:t1].unbind(0)
-    d_rows = None if decay is None else decay[t0:t1].unbind(0)
+    eta, r_rows = eta.unbind(0), tr.root[t0:t1].unbind(0)
+    d_rows = None if tr.decay is None else tr.decay[t0:t1].unbind(0)
     for i in range(t1 - t0 - 1, -1, -1):
         r = r_rows[i]
         z = torch.mm(torch.mul(gq[i], hr[i], out=tq[i]), kp_t, out=zeta[i]).mul_(sp[i])
@@ -142,27 +161,39 @@ def _backward_loop(
     return before_p, torch.addcmul(gq[0], r_rows[0], ek[0])
 
 
-def _segment_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, grads: _Grads) -> None:
-    """The cotangents of :math:`r_t, d_t` and the weights' gradient terms of steps ``t0 .. t1 - 1``."""
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1])
 
-    def flat(x: Tensor) -> Tensor:
-        return x.reshape(-1, x.shape[-1])
 
-    eta, zeta = grads.drive[t0:t1], ws["zeta"]
-    grads.weight_p.addmm_(flat(tr.act_p[t0:t1]).T, flat(ws["scaled_q"]))
-    grads.weight_p.addmm_(flat(zeta).T, flat(tr.root_p[t0:t1]))
-    grads.weight_q.addmm_(flat(tr.act_q[t0:t1]).T, flat(ws["scaled_p"]), alpha=-1)
-    grads.weight_q.addmm_(flat(eta).T, flat(tr.root_q[t0:t1]))
-    grads.bias_p.add_(flat(zeta).sum(0))
+def _weight_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, grads: _Grads) -> None:
+    """Add the gradients of :math:`K_q, K_p, b_p` of steps ``t0 .. t1 - 1``."""
+    zeta = _flat(ws["zeta"])
+    grads.weight_p.addmm_(_flat(tr.act_p[t0:t1]).T, _flat(ws["scaled_q"]))
+    grads.weight_p.addmm_(zeta.T, _flat(tr.root_p[t0:t1]))
+    grads.weight_q.addmm_(_flat(tr.act_q[t0:t1]).T, _flat(ws["scaled_p"]), alpha=-1)
+    grads.weight_q.addmm_(_flat(grads.drive[t0:t1]).T, _flat(tr.root_q[t0:t1]))
+    grads.bias_p.add_(zeta.sum(0))
+
+
+def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, rate, grads: _Grads) -> None:
+    """The gradients of the gate logits (into ``grads.gate``) and of :math:`\\zeta` of steps
+    ``t0 .. t1 - 1``; ``rate`` is :math:`-\\zeta h` (n,). Uses the loop's scratch rows."""
+    gq, gp, root = ws["grad_q"], ws["grad_p"], tr.root[t0:t1]
     # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r q inside a
-    g_root = torch.mul(ws["grad_q"], tr.drift[t0:t1], out=grads.root[t0:t1])
-    g_root.sub_(torch.mul(ws["grad_p"], tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
+    g_root = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
+    g_root.sub_(torch.mul(gp, tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
     g_root.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.q[t0:t1], ws["eta_k"])
-    if grads.decay is not None:
-        torch.mul(ws["grad_p"], tr.p[t0:t1], out=grads.decay[t0:t1])
+    # r = sqrt(s), s = sigmoid(z): dr/dz = r (1 - s) / 2; d = exp(-zeta h s): dd/dz = -zeta h d s (1 - s)
+    gate = torch.mul(g_root, root, out=grads.gate[t0:t1]).mul_(0.5)
+    s = torch.mul(root, root, out=ws["sech_p"])
+    if tr.decay is not None:
+        friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1]).mul_(s)
+        grads.damping.add_(_flat(friction).sum(0), alpha=-h)
+        gate.addcmul_(friction, rate)
+    gate.mul_(s.neg_().add_(1))
 
 
-def _backward_segment(tr, ws, root, decay, weights, t0, t1, h, seeds, carry, grads) -> tuple[Tensor, Tensor]:
+def _backward_segment(tr, ws, weights, t0, t1, h, rate, seeds, carry, grads) -> tuple[Tensor, Tensor]:
     """One segment of the backward: seed its cotangents with the output's (``seeds``, for (p, q), None
     where not emitted) and, at its last step, the later segment's (``carry``); run the loop; add its
     gradients."""
@@ -173,46 +204,46 @@ def _backward_segment(tr, ws, root, decay, weights, t0, t1, h, seeds, carry, gra
         else:
             rows[name].copy_(seed[t0:t1])
         rows[name][-1].add_(later)
-    torch.mul(root[t0:t1], h, out=rows["hr"])
+    torch.mul(tr.root[t0:t1], h, out=rows["hr"])
     a, b = tr.act_q[t0:t1], tr.act_p[t0:t1]
-    one = torch.ones((), dtype=root.dtype, device=root.device)
+    one = torch.ones((), dtype=a.dtype, device=a.device)
     torch.addcmul(-one, a, a, out=rows["sech_q"])  # the kick's sign folded in: a^2 - 1
     torch.addcmul(one, b, b, value=-1, out=rows["sech_p"])
-    before = _backward_loop(rows, root, decay, *weights, t0, t1, grads)
-    _segment_grads(tr, rows, t0, t1, h, grads)
+    before = _backward_loop(rows, tr, *weights, t0, t1, grads.drive[t0:t1])
+    _weight_grads(tr, rows, t0, t1, grads)
+    _gate_grads(tr, rows, t0, t1, h, rate, grads)
     return before
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, drive, root, decay, p0, q0, weight_q, weight_p, bias_p, h, emit, chunk):
-        tr = _forward(drive, root, decay, p0, q0, weight_q, weight_p, bias_p, h)
+    def forward(ctx, u, p0, q0, weight_q, weight_p, bias_p, damping, h, emit, chunk):
+        tr = _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h)
         ctx.h, ctx.emit, ctx.chunk = h, emit, chunk
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(root, decay, weight_q, weight_p, *tr.tensors())
-        return getattr(tr, _EMITTED[emit])[1:], tr.p[-1].clone(), tr.q[-1].clone()
+            ctx.save_for_backward(weight_q, weight_p, damping, *tr.tensors())
+        return getattr(tr, emit)[1:], tr.p[-1].clone(), tr.q[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_p, grad_q):
-        root, decay, weight_q, weight_p, *saved = ctx.saved_tensors
+        weight_q, weight_p, damping, *saved = ctx.saved_tensors
         tr, h = _Trace(*saved), ctx.h
-        seq_len, like = root.shape[0], root[0]
+        (seq_len, batch, n), like = tr.root.shape, tr.root[0]
         grads = _Grads(
-            torch.empty_like(root), torch.empty_like(root), None if decay is None else torch.empty_like(root),
-            torch.zeros_like(weight_q), torch.zeros_like(weight_p), torch.zeros_like(weight_p[0]),
+            like.new_empty(seq_len, batch, 2 * n), torch.zeros_like(weight_q), torch.zeros_like(weight_p),
+            torch.zeros_like(weight_p[0]), None if damping is None else torch.zeros_like(damping),
         )  # fmt: skip
+        rate = None if damping is None else damping * -h
         seeds = (grad_out, None) if ctx.emit == "p" else (None, grad_out)
         carry = tuple(torch.zeros_like(like) if g is None else g for g in (grad_p, grad_q))
         segments = list(pairwise(segment_bounds(seq_len, ctx.chunk)))
         ws = _Workspace(max(t1 - t0 for t0, t1 in segments), like)
         for t0, t1 in reversed(segments):
-            carry = _backward_segment(
-                tr, ws, root, decay, (weight_q, weight_p), t0, t1, h, seeds, carry, grads
-            )
-        result = (grads.drive, grads.root, grads.decay, *carry, grads.weight_q, grads.weight_p, grads.bias_p)
+            carry = _backward_segment(tr, ws, (weight_q, weight_p), t0, t1, h, rate, seeds, carry, grads)
+        result = (grads.u, *carry, grads.weight_q, grads.weight_p, grads.bias_p, grads.damping)
         return (
-            *(g if need else None for g, need in zip(result, ctx.needs_input_grad, strict=False)),
+            *(g if need else None for g, need in zip(result, ctx.needs_input_grad[:7], strict=True)),
             None,
             None,
             None,
@@ -273,10 +304,4 @@ def selective_scan(
         "damping": (damping, (n,)),
     }  # fmt: skip
     _validate(u, p0, q0, params, h, emit, chunk)
-    step = float(h)
-    drive, gate = u.chunk(2, dim=-1)
-    s = torch.sigmoid(gate)
-    decay = None if damping is None else torch.exp(-damping * step * s)
-    return _SelectiveScan.apply(
-        drive.contiguous(), s.sqrt(), decay, p0, q0, weight_q, weight_p, bias_p, step, emit, chunk
-    )
+    return _SelectiveScan.apply(u, p0, q0, weight_q, weight_p, bias_p, damping, float(h), emit, chunk)
