@@ -12,6 +12,7 @@ from .cells import (
     LEMCell,
     OscillatorCell,
     RecurrentCell,
+    SelectiveHamiltonianCell,
     SeparableHamiltonianCell,
 )
 from .hamiltonians import LogCoshHamiltonian, OscillatorHamiltonian
@@ -36,6 +37,7 @@ from .rnn import (
     HamiltonianRNN,
     OscillatorRNN,
     RecurrentLayer,
+    SelectiveHamiltonianRNN,
 )
 from .step_size import heuristic_dt
 
@@ -69,6 +71,8 @@ __all__ = [
     "ResidualBlock",
     "ResidualStack",
     "Scheme",
+    "SelectiveHamiltonianCell",
+    "SelectiveHamiltonianRNN",
     "SeparableHamiltonianCell",
     "SequenceModel",
     "Substep",

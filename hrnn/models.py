@@ -29,7 +29,15 @@ from torch import Tensor, nn
 from .blocks import DEFAULT_BLOCKS, ResidualStack
 from .cells import Capabilities, State, check_input, state_parts
 from .linoss import LinOSSRNN
-from .rnn import LEMRNN, AntisymmetricRNN, CoRNN, GatedAntisymmetricRNN, HamiltonianRNN, OscillatorRNN
+from .rnn import (
+    LEMRNN,
+    AntisymmetricRNN,
+    CoRNN,
+    GatedAntisymmetricRNN,
+    HamiltonianRNN,
+    OscillatorRNN,
+    SelectiveHamiltonianRNN,
+)
 from .validation import lookup
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
 #: layer declares what it supports in ``capabilities`` (torch's layers support none of it).
 MODELS: dict[str, type[nn.Module]] = {
     "hamiltonian": HamiltonianRNN,
+    "selective": SelectiveHamiltonianRNN,
     "oscillator": OscillatorRNN,
     "cornn": CoRNN,
     "antisymmetric": AntisymmetricRNN,

@@ -44,6 +44,7 @@ from .cells import (
     LEMCell,
     OscillatorCell,
     RecurrentCell,
+    SelectiveHamiltonianCell,
     state_parts,
 )
 from .validation import check_input, check_size, check_state
@@ -56,6 +57,7 @@ __all__ = [
     "HamiltonianRNN",
     "OscillatorRNN",
     "RecurrentLayer",
+    "SelectiveHamiltonianRNN",
 ]
 
 HiddenState = Tensor | tuple[Tensor, ...]
@@ -342,6 +344,14 @@ class HamiltonianRNN(RecurrentLayer):
     """
 
     cell_class = HamiltonianCell
+
+
+class SelectiveHamiltonianRNN(RecurrentLayer):
+    r"""Stacked :class:`hrnn.cells.SelectiveHamiltonianCell` layers: the log-cosh energy with per-unit
+    timescales :math:`s_t = \sigma(W_s x_t + b_s)` chosen by each input. Options, state, output and
+    shapes as :class:`HamiltonianRNN`."""
+
+    cell_class = SelectiveHamiltonianCell
 
 
 class OscillatorRNN(RecurrentLayer):

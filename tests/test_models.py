@@ -58,7 +58,7 @@ def test_capabilities_are_what_the_cells_declare():
     # the default log-cosh cell is damped: conformally symplectic, not symplectic
     assert (ham.canonical, ham.symplectic, ham.auto_dt, ham.reversible) == (True, False, True, True)
     assert capabilities("lstm") == hrnn.Capabilities() == capabilities("cornn")
-    assert models_with(reversible=True) == ["hamiltonian", "oscillator"]
+    assert models_with(reversible=True) == ["hamiltonian", "selective", "oscillator"]
     for name, layer in MODELS.items():
         declared = layer.cell_class.capabilities if hasattr(layer, "cell_class") else hrnn.Capabilities()
         assert capabilities(name) == declared

@@ -4,7 +4,8 @@ r"""Recurrent cells: one layer's parameters and its step equation.
   reference ``scan``) and :class:`Capabilities`;
 * :mod:`hrnn.cells.hamiltonian`: the Hamiltonian family, (energy, scheme, step size), with its
   reversible memory and registered fast scans;
-* :mod:`hrnn.cells.baselines`: coRNN and the antisymmetric RNNs; :mod:`hrnn.cells.lem`: LEM.
+* :mod:`hrnn.cells.baselines`: coRNN and the antisymmetric RNNs; :mod:`hrnn.cells.lem`: LEM;
+  :mod:`hrnn.cells.selective`: the log-cosh cell with input-chosen timescales.
 """
 
 from ..validation import check_input, check_state
@@ -12,6 +13,7 @@ from .base import Capabilities, RecurrentCell, State, state_parts
 from .baselines import AntisymmetricCell, CoRNNCell, GatedAntisymmetricCell
 from .hamiltonian import ACCELERATIONS, HamiltonianCell, OscillatorCell, SeparableHamiltonianCell
 from .lem import LEMCell
+from .selective import SelectiveHamiltonianCell
 
 __all__ = [
     "ACCELERATIONS",
@@ -23,6 +25,7 @@ __all__ = [
     "LEMCell",
     "OscillatorCell",
     "RecurrentCell",
+    "SelectiveHamiltonianCell",
     "SeparableHamiltonianCell",
     "State",
     "check_input",

@@ -208,6 +208,9 @@ class HamiltonianCell(SeparableHamiltonianCell):
     capabilities = Capabilities(canonical=True, symplectic=False, auto_dt=True, reversible=True)
     #: :math:`c` of the stability guard: the largest :math:`h\hat\omega` a step may take.
     STABILITY_MARGIN = 1.0
+    #: whether ``timescales`` initialises a learnable per-unit :math:`s` (a subclass may draw its
+    #: timescales from the input instead)
+    static_timescales: bool = True
 
     def __init__(
         self,
@@ -243,7 +246,8 @@ class HamiltonianCell(SeparableHamiltonianCell):
         self.weight_q = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.weight_p = Parameter(torch.empty(hidden_size, hidden_size, **factory))
         self.bias_p = Parameter(torch.empty(hidden_size, **factory))
-        self.log_timescale = None if timescales is None else Parameter(torch.empty(hidden_size, **factory))
+        static = timescales is not None and self.static_timescales
+        self.log_timescale = Parameter(torch.empty(hidden_size, **factory)) if static else None
         self.damping_raw = None if damping is None else Parameter(torch.empty(hidden_size, **factory))
         self.register_buffer("dt", torch.tensor(0.0, **factory))
         self.reset_parameters()

@@ -1,0 +1,120 @@
+"""The selective Hamiltonian cell: its step against the equations by hand, symplecticity for every
+input, the closed gate freezing the state, and its reversible path (float64)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import jacrev
+
+from hrnn import SelectiveHamiltonianRNN, build_model
+from hrnn.cells import SelectiveHamiltonianCell
+from hrnn.hamiltonians import canonical_j
+
+IN, N, B = 3, 5, 4
+F64 = torch.float64
+
+
+def _cell(**options) -> SelectiveHamiltonianCell:
+    torch.manual_seed(0)
+    cell = SelectiveHamiltonianCell(IN, N, dtype=F64, **options)
+    with torch.no_grad():  # a state-dependent gate and a nonzero b_p, so nothing is trivially zero
+        cell.weight_ih.normal_()
+        cell.bias_p.normal_()
+    return cell
+
+
+def test_a_step_is_the_equations_written_by_hand():
+    cell = _cell(damping=0.2, dt=0.7)
+    x, p, q = (torch.randn(B, k, dtype=F64) for k in (IN, N, N))
+    u = x @ cell.weight_ih[:N].T + cell.bias_ih[:N]
+    s = torch.sigmoid(x @ cell.weight_ih[N:].T + cell.bias_ih[N:])
+    r, h = s.sqrt(), cell.step_size()
+    p1 = torch.exp(-torch.log1p(torch.exp(cell.damping_raw)) * h * s) * p
+    p1 = p1 - h * r * (torch.tanh((r * q) @ cell.weight_q.T + u) @ cell.weight_q)
+    q1 = q + h * r * (torch.tanh((r * p1) @ cell.weight_p.T + cell.bias_p) @ cell.weight_p)
+    p2, q2 = cell(x, (p, q))
+    torch.testing.assert_close(p2, p1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(q2, q1, rtol=0, atol=1e-12)
+
+
+def _jacobian(cell: SelectiveHamiltonianCell, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    u = cell.project(x).unsqueeze(0)
+    return jacrev(lambda y: torch.cat(cell.step(u, y[None, :N], y[None, N:]), -1)[0])(y)
+
+
+@pytest.mark.parametrize("scheme", ["symplectic_euler", "verlet"])
+def test_without_damping_every_step_is_symplectic_whatever_the_input(scheme):
+    cell = _cell(damping=None, scheme=scheme)
+    J = canonical_j(N, dtype=F64)
+    for _ in range(3):
+        M = _jacobian(cell, 3 * torch.randn(IN, dtype=F64), torch.randn(2 * N, dtype=F64))
+        torch.testing.assert_close(M.T @ J @ M, J, rtol=0, atol=1e-10)
+
+
+def test_damping_contracts_volume_by_the_product_of_the_time_warped_decays():
+    cell = _cell(damping=0.3)
+    x = torch.randn(IN, dtype=F64)
+    M = _jacobian(cell, x, torch.randn(2 * N, dtype=F64))
+    s = torch.sigmoid(cell.project(x)[N:])
+    rate = torch.nn.functional.softplus(cell.damping_raw) * cell.step_size() * s
+    assert torch.linalg.det(M).item() == pytest.approx(math.exp(-rate.sum().item()), rel=1e-10)
+
+
+def test_a_closed_gate_freezes_the_unit_and_keeps_out_its_input():
+    cell = _cell(damping=0.3)
+    with torch.no_grad():
+        cell.weight_ih[N:].zero_()
+        cell.bias_ih[N:] = -80.0  # s = sigmoid(-80) ~ 2e-35: the units take no time step
+    x, p, q = (torch.randn(B, k, dtype=F64) for k in (IN, N, N))
+    p1, q1 = cell(10 * x, (p, q))
+    torch.testing.assert_close(p1, p, rtol=0, atol=1e-15)
+    torch.testing.assert_close(q1, q, rtol=0, atol=1e-15)
+
+
+def test_the_gate_starts_at_the_timescales_range_and_the_step_guard_holds():
+    torch.manual_seed(0)
+    cell = SelectiveHamiltonianCell(IN, 512, timescales=(1e-3, 0.3))
+    s0 = torch.sigmoid(cell.bias_ih[512:])
+    assert s0.min() >= 1e-3 * (1 - 1e-5) and s0.max() <= 0.3 * (1 + 1e-5)
+    assert cell.log_timescale is None  # the timescales live in the gate
+    with torch.no_grad():
+        cell.weight_q.mul_(40.0)
+        bound = torch.linalg.matrix_norm(cell.weight_q, 2) * torch.linalg.matrix_norm(cell.weight_p, 2)
+    # s_t < 1, so this bound on the unwarped weights bounds every step's frequency (float32 round-off)
+    assert float(cell.step_size() * bound) <= SelectiveHamiltonianCell.STABILITY_MARGIN * (1 + 1e-5)
+    assert float(cell.step_size()) < float(cell.dt) / 10  # the guard is what keeps it there
+    with pytest.raises(ValueError, match="timescales may not be None"):
+        SelectiveHamiltonianCell(IN, N, timescales=None)
+
+
+def test_inverse_step_undoes_a_damped_step():
+    cell = _cell(damping=0.3, scheme="verlet")
+    x, p, q = (torch.randn(B, k, dtype=F64) for k in (IN, N, N))
+    u = cell.project(x)
+    p0, q0 = cell.inverse_step(u, *cell.step(u, p, q))
+    torch.testing.assert_close(p0, p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(q0, q, rtol=0, atol=1e-12)
+
+
+def test_the_reversible_path_gives_the_stored_paths_output_and_gradients():
+    torch.manual_seed(0)
+    stored = SelectiveHamiltonianRNN(IN, N, dtype=F64)
+    reversible = SelectiveHamiltonianRNN(IN, N, dtype=F64, memory="reversible", anchor_every=7)
+    reversible.load_state_dict(stored.state_dict())
+    x = torch.randn(30, B, IN, dtype=F64, requires_grad=True)
+    results = []
+    for layer in (stored, reversible):
+        out, (p, q) = layer(x)
+        loss = out.square().sum() + p.sum() + q.square().sum()
+        results.append((out, *torch.autograd.grad(loss, (x, *layer.parameters()))))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_build_model_gives_a_residual_stack_of_selective_layers():
+    model = build_model("selective", 2, 8, 3)
+    assert all(isinstance(layer, SelectiveHamiltonianRNN) for layer in model.rnn.layers)
+    assert model(torch.randn(4, 11, 2)).shape == (4, 3)
