@@ -23,7 +23,8 @@ e^{-\zeta_i h s_{t,i}} p`.
 Defaults ``dt=0.5``, ``timescales=(2e-3, 0.6)``: at zero input every unit steps :math:`h s_0` in
 (1e-3, 0.3), as the parent's default units do, and with :math:`\hat\omega = 1` at the orthogonal
 initialisation the guard stays inactive until :math:`\|K_p\|\|K_q\|` doubles; a fully open unit
-steps up to ``dt``.
+steps up to ``dt``. The output is q, as the parent's; ``emit="p"`` gives the momentum, which sums
+the drive of the steps a unit opens on (``docs/RESULTS.md`` §2.0 compares the two).
 
 Parameters: those of :class:`~hrnn.cells.HamiltonianCell` without ``log_timescale``;
 ``weight_ih`` (2n, input_size) and ``bias_ih`` (2n,) stack :math:`(W_{ih}, W_s)` and
