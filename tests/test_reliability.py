@@ -324,6 +324,7 @@ def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(train_module, "_after_update", ctrl_c_after_three)
+    callers_handler = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite itself runs in the background
     # the request reaches every process in step 3's collective; all stop at the start of step 4
     with pytest.raises(
         TrainingStopped, match=r"stopped by SIGINT at step 4; checkpoint in .*--resume"
@@ -331,7 +332,7 @@ def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_
         train(tiny(tmp_path / "split", **overrides))
     monkeypatch.undo()
     assert caught.value.step == 4 and load_checkpoint(caught.value.checkpoint)["step"] == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    assert signal.getsignal(signal.SIGINT) is callers_handler  # the caller's handler is back
     main(["--resume", str(tmp_path / "split" / "run")])
     whole, split = load_checkpoint(tmp_path / "whole" / "run"), load_checkpoint(tmp_path / "split" / "run")
     assert split["model"].keys() == whole["model"].keys()
