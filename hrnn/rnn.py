@@ -82,8 +82,8 @@ class RecurrentLayer(nn.Module):
         **cell_kw: options of the cell (e.g. ``dt``, ``scheme``), the same for every layer, and
             torch.nn's factory arguments ``device`` and ``dtype``. An option the cell class lists in
             ``per_layer_options`` may instead be a list or tuple of ``num_layers`` values, layer
-            ``l``'s cells (both directions) getting entry ``l``; a list for any other option is
-            refused (a tuple passes to the cell as one value, e.g. a ``(low, high)`` pair).
+            ``l``'s cells (both directions) getting entry ``l``; any other option, a list or tuple
+            included, passes to the cell as one value (e.g. a ``(low, high)`` pair).
 
     ``cells[k]`` is layer ``k // D``, direction ``k % D`` (D = :attr:`num_directions`), and owns
     ``h_n[k]``.

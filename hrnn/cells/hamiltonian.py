@@ -296,14 +296,18 @@ class HamiltonianCell(SeparableHamiltonianCell):
         limit = self.STABILITY_MARGIN / self.frequency_bound().clamp_min(torch.finfo(self.dt.dtype).tiny)
         return torch.fmin(self.dt, limit)  # fmin: non-finite weights leave dt, and the loss shows them
 
-    def friction(self, h: Tensor) -> Tensor | None:
-        r"""The per-step decay :math:`e^{-\zeta_i h s_i}` of p, (n,), or ``None`` without damping."""
+    def friction(self, h: Tensor, timescale: Tensor | None = None) -> Tensor | None:
+        r"""The per-step decay :math:`e^{-\zeta_i h s_i}` of p, or ``None`` without damping.
+
+        ``timescale`` is :math:`s`, (n,) or (batch, n); by default the learnt one (1 without it),
+        so the decay is (n,).
+        """
         if self.damping_raw is None:
             return None
         rate = torch.nn.functional.softplus(self.damping_raw) * h
-        if self.log_timescale is not None:
-            rate = rate * torch.exp(self.log_timescale)
-        return torch.exp(-rate)
+        if timescale is None and self.log_timescale is not None:
+            timescale = torch.exp(self.log_timescale)
+        return torch.exp(-rate if timescale is None else -rate * timescale)
 
     def anchor_interval(self) -> int | None:
         r"""With damping the inverse step divides by the decay, so round-off grows by

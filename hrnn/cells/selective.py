@@ -102,15 +102,10 @@ class SelectiveHamiltonianCell(HamiltonianCell):
 
         return grad_v, grad_t
 
-    def _decay(self, h: Tensor, root: Tensor) -> Tensor | None:
-        if self.damping_raw is None:
-            return None
-        return torch.exp(-F.softplus(self.damping_raw) * h * root.square())
-
     def step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
         drive, root = self.selection(u_t)
         h = self.step_size()
-        decay = self._decay(h, root)
+        decay = self.friction(h, root.square())
         if decay is not None:
             p = decay * p
         return self.scheme.step(p, q, *self._maps(drive, root), h)
@@ -119,7 +114,7 @@ class SelectiveHamiltonianCell(HamiltonianCell):
         drive, root = self.selection(u_t)
         h = self.step_size()
         p, q = self.scheme.inverse(p, q, *self._maps(drive, root), h)
-        decay = self._decay(h, root)
+        decay = self.friction(h, root.square())
         return (p if decay is None else p / decay), q
 
 
