@@ -347,8 +347,8 @@ class HamiltonianRNN(RecurrentLayer):
 
 
 class SelectiveHamiltonianRNN(RecurrentLayer):
-    r"""Stacked :class:`hrnn.cells.SelectiveHamiltonianCell` layers: the log-cosh energy with per-unit
-    timescales :math:`s_t = \sigma(W_s x_t + b_s)` chosen by each input. Options, state, output and
+    r"""Stacked :class:`hrnn.cells.SelectiveHamiltonianCell` layers: the log-cosh energy scaled unit by
+    unit by a gate :math:`r_t = \sigma(W_s x_t + b_s)` on each input. Options, state, output and
     shapes as :class:`HamiltonianRNN`."""
 
     cell_class = SelectiveHamiltonianCell

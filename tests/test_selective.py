@@ -30,10 +30,10 @@ def test_a_step_is_the_equations_written_by_hand():
     cell = _cell(damping=0.2, dt=0.7)
     x, p, q = (torch.randn(B, k, dtype=F64) for k in (IN, N, N))
     u = x @ cell.weight_ih[:N].T + cell.bias_ih[:N]
-    s = torch.sigmoid(x @ cell.weight_ih[N:].T + cell.bias_ih[N:])
-    r, h = s.sqrt(), cell.step_size()
-    p1 = torch.exp(-torch.log1p(torch.exp(cell.damping_raw)) * h * s) * p
-    p1 = p1 - h * r * (torch.tanh((r * q) @ cell.weight_q.T + u) @ cell.weight_q)
+    r = torch.sigmoid(x @ cell.weight_ih[N:].T + cell.bias_ih[N:])
+    h = cell.step_size()
+    p1 = torch.exp(-torch.log1p(torch.exp(cell.damping_raw)) * h * r**2) * p
+    p1 = p1 - h * r * (torch.tanh((r * (q + u)) @ cell.weight_q.T) @ cell.weight_q)
     q1 = q + h * r * (torch.tanh((r * p1) @ cell.weight_p.T + cell.bias_p) @ cell.weight_p)
     p2, q2 = cell(x, (p, q))
     torch.testing.assert_close(p2, p1, rtol=0, atol=1e-12)
@@ -58,8 +58,8 @@ def test_damping_contracts_volume_by_the_product_of_the_time_warped_decays():
     cell = _cell(damping=0.3)
     x = torch.randn(IN, dtype=F64)
     M = _jacobian(cell, x, torch.randn(2 * N, dtype=F64))
-    s = torch.sigmoid(cell.project(x)[N:])
-    rate = torch.nn.functional.softplus(cell.damping_raw) * cell.step_size() * s
+    r = torch.sigmoid(cell.project(x)[N:])
+    rate = torch.nn.functional.softplus(cell.damping_raw) * cell.step_size() * r**2
     assert torch.linalg.det(M).item() == pytest.approx(math.exp(-rate.sum().item()), rel=1e-10)
 
 
@@ -67,23 +67,41 @@ def test_a_closed_gate_freezes_the_unit_and_keeps_out_its_input():
     cell = _cell(damping=0.3)
     with torch.no_grad():
         cell.weight_ih[N:].zero_()
-        cell.bias_ih[N:] = -80.0  # s = sigmoid(-80) ~ 2e-35: the units take no time step
+        cell.bias_ih[N:] = -80.0  # r = sigmoid(-80) ~ 2e-35: the units take no time step
     x, p, q = (torch.randn(B, k, dtype=F64) for k in (IN, N, N))
     p1, q1 = cell(10 * x, (p, q))
     torch.testing.assert_close(p1, p, rtol=0, atol=1e-15)
     torch.testing.assert_close(q1, q, rtol=0, atol=1e-15)
 
 
+def test_what_a_unit_writes_scales_as_the_square_of_its_gate_as_its_clock_does():
+    # the drive displaces the potential's minimum: from rest, one step writes -h r^2 K_q^T K_q u
+    # to leading order, so halving every gate quarters the write (Mamba's write ~ its step Delta)
+    cell = _cell(damping=None)
+    x, zero = torch.randn(B, IN, dtype=F64), torch.zeros(B, N, dtype=F64)
+    writes = []
+    for logit in (-12.0, -12.0 - math.log(2.0)):  # sigmoid(z) ~ e^z: the second gate is half the first
+        with torch.no_grad():
+            cell.weight_ih[N:].zero_()
+            cell.bias_ih[N:] = logit
+        writes.append(cell(x, (zero, zero))[0])
+        r = torch.sigmoid(torch.tensor(logit, dtype=F64))
+        u = x @ cell.weight_ih[:N].T + cell.bias_ih[:N]
+        expected = -cell.step_size() * r**2 * (u @ cell.weight_q.T @ cell.weight_q)
+        torch.testing.assert_close(writes[-1], expected, rtol=1e-8, atol=0)
+    torch.testing.assert_close(writes[0] / writes[1], torch.full_like(writes[0], 4.0), rtol=1e-4, atol=0)
+
+
 def test_the_gate_starts_at_the_timescales_range_and_the_step_guard_holds():
     torch.manual_seed(0)
     cell = SelectiveHamiltonianCell(IN, 512, timescales=(1e-3, 0.3))
-    s0 = torch.sigmoid(cell.bias_ih[512:])
-    assert s0.min() >= 1e-3 * (1 - 1e-5) and s0.max() <= 0.3 * (1 + 1e-5)
+    s0 = torch.sigmoid(cell.bias_ih[512:]).square()  # each unit's initial clock factor
+    assert s0.min() >= 1e-3 * (1 - 1e-4) and s0.max() <= 0.3 * (1 + 1e-4)
     assert cell.log_timescale is None  # the timescales live in the gate
     with torch.no_grad():
         cell.weight_q.mul_(40.0)
         bound = torch.linalg.matrix_norm(cell.weight_q, 2) * torch.linalg.matrix_norm(cell.weight_p, 2)
-    # s_t < 1, so this bound on the unwarped weights bounds every step's frequency (float32 round-off)
+    # r_t < 1, so this bound on the unwarped weights bounds every step's frequency (float32 round-off)
     assert float(cell.step_size() * bound) <= SelectiveHamiltonianCell.STABILITY_MARGIN * (1 + 1e-5)
     assert float(cell.step_size()) < float(cell.dt) / 10  # the guard is what keeps it there
     with pytest.raises(ValueError, match="timescales may not be None"):

@@ -1,39 +1,44 @@
-r"""The selective Hamiltonian cell: the log-cosh energy with timescales chosen by the input.
+r"""The selective Hamiltonian cell: the log-cosh energy scaled unit by unit by a gate on the input.
 
 .. math::
-    H_t(p, q) = \sum_i \log\cosh(K_p\,\sqrt{s_t} \odot p + b_p)_i
-              + \sum_i \log\cosh(K_q\,\sqrt{s_t} \odot q + u_t)_i,
-    \qquad s_t = \sigma(W_s x_t + b_s) \in (0, 1)^n,
+    H_t(p, q) = \sum_i \log\cosh(K_p\,(r_t \odot p) + b_p)_i
+              + \sum_i \log\cosh(K_q\,(r_t \odot (q + u_t)))_i,
+    \qquad r_t = \sigma(W_s x_t + b_s) \in (0, 1)^n,
 
-one step :math:`h` of ``scheme`` per input. :class:`~hrnn.cells.HamiltonianCell` has the same energy
-with a learnt but fixed :math:`s`; here each unit's timescale is a function of the current input,
-as the step :math:`\Delta_t` of a selective state-space model (Mamba) is: where :math:`s_{t,i} \to 0`
-unit i neither moves nor takes in the input, where it opens it integrates the input. A fixed
-timescale writes every input into the state, so on a task whose answer depends on a few marked
-steps (adding) the others bury it; choosing what to write is what lets a conservative memory learn
-such tasks (``docs/RESULTS.md``).
+one step :math:`h` of ``scheme`` per input. The input displaces the potential's minimum to
+:math:`q = -u_t`; near it, at the orthogonal initialisation, the force on unit i is
+:math:`\approx -r_{t,i}^2 (q + u_t)_i` and the unit oscillates at frequency :math:`r_{t,i}^2`. So its
+clock (a step of :math:`h r_{t,i}^2`) and what it writes of the input both scale with
+:math:`r_{t,i}^2`, as the step :math:`\Delta_t` of a selective state-space model (Mamba) scales its
+decay and its input alike: where the gate closes the unit neither moves nor takes in the input,
+where it opens it integrates the input. A fixed timescale writes every input into the state, so on
+a task whose answer depends on a few marked steps (adding) the others bury it.
+
+Why this form (``docs/RESULTS.md`` §2.0, adding T = 200 in the two-block stack): with the drive
+added inside the tanh, :math:`\log\cosh(K_q (r \odot q) + u_t)`, a unit writes :math:`\propto r`
+while its clock runs :math:`\propto r^2`, so a slow unit still writes much noise; that form stayed on
+the plateau unless the gates started small, and starting them small cost 8 points on FSDD.
 
 Every step is still one step of the scheme on a Hamiltonian (time-dependent through the input,
 never through the state), hence exactly symplectic with ``damping=None``, and invertible.
-Since :math:`s_t < 1`, :math:`\|K\sqrt{s_t}\|_2 \le \|K\|_2`: the guard of
+Since :math:`r_t < 1`, :math:`\|K \operatorname{diag}(r_t)\|_2 \le \|K\|_2`: the guard of
 :class:`~hrnn.cells.HamiltonianCell` on :math:`\|K_p\|_2 \|K_q\|_2` bounds every step's frequency.
-Damping (port-Hamiltonian, as in the parent) is warped with the time: :math:`p \leftarrow
-e^{-\zeta_i h s_{t,i}} p`.
+Damping (port-Hamiltonian, as in the parent) runs on the unit's clock: :math:`p \leftarrow
+e^{-\zeta_i h r_{t,i}^2} p`.
 
-Defaults ``dt=0.5``, ``timescales=(2e-3, 0.6)``, ``damping=0.3``: at zero input every unit
-steps :math:`h s_0` in (1e-3, 0.3), as the parent's default units do, and with
-:math:`\hat\omega = 1` at the orthogonal initialisation the guard stays inactive until
-:math:`\|K_p\|\|K_q\|` doubles; a fully open unit steps up to ``dt``. The damping is ten times the
-parent's: steps that change with every input make a parametrically driven oscillator, and with
-the parent's 0.03 training broke down on 784-step sequences (psMNIST) where 0.3 trains stably
-(``docs/RESULTS.md`` §2.0). It is a damping ratio of 0.15: a unit's amplitude falls by e in about
-one of its own periods. The output is q, as the parent's; ``emit="p"`` gives the momentum, which
-sums the drive of the steps a unit opens on.
+Defaults ``dt=0.5``, ``timescales=(2e-3, 0.6)`` (the range of the initial clock factor
+:math:`\sigma(b_s)^2`, log-uniform), ``damping=0.3``: at zero input every unit steps
+:math:`h r_0^2` in (1e-3, 0.3), as the parent's default units do, and a fully open unit steps up to
+``dt``. The damping is ten times the parent's: steps that change with every input make a
+parametrically driven oscillator, and with the parent's 0.03 the cell's first form (the drive
+inside the tanh) broke down in training on 784-step sequences (psMNIST) where 0.3 trained stably.
+It is a damping ratio of 0.15: a unit's amplitude falls by e in about one of its own periods. The
+output is q, as the parent's; ``emit="p"`` gives the momentum.
 
 Parameters: those of :class:`~hrnn.cells.HamiltonianCell` without ``log_timescale``;
 ``weight_ih`` (2n, input_size) and ``bias_ih`` (2n,) stack :math:`(W_{ih}, W_s)` and
-:math:`(b_{ih}, b_s)`. Initialisation: :math:`b_s = \mathrm{logit}(s_0)`, :math:`s_0` log-uniform
-in ``timescales`` (the parent's range), so that at zero input the cell starts as the parent does.
+:math:`(b_{ih}, b_s)`. Initialisation: :math:`b_s = \mathrm{logit}(\sqrt{s_0})`, :math:`s_0`
+log-uniform in ``timescales``.
 With symplectic Euler and ``memory="stored"`` a sequence runs in :func:`hrnn.fast.selective_scan`
 (a hand-written backward); other schemes run the plain loop, and ``memory="reversible"`` the generic
 reversible backward.
@@ -57,9 +62,10 @@ __all__ = ["SelectiveHamiltonianCell"]
 
 
 class SelectiveHamiltonianCell(HamiltonianCell):
-    """Log-cosh cell whose per-unit timescales :math:`s_t = \\sigma(W_s x_t + b_s)` follow the input
-    (module docstring). Options as :class:`~hrnn.cells.HamiltonianCell`; ``timescales`` is the range
-    of the initial :math:`\\sigma(b_s)` and may not be ``None``."""
+    """Log-cosh cell whose per-unit gate :math:`r_t = \\sigma(W_s x_t + b_s)` scales its energy, so its
+    clock :math:`h r_t^2` follows the input (module docstring). Options as
+    :class:`~hrnn.cells.HamiltonianCell`; ``timescales`` is the range of the initial
+    :math:`\\sigma(b_s)^2` and may not be ``None``."""
 
     gates = 2
     static_timescales = False
@@ -86,35 +92,35 @@ class SelectiveHamiltonianCell(HamiltonianCell):
         n = self.hidden_size
         with torch.no_grad():
             s0 = self.bias_ih.new_empty(n).uniform_(math.log(low), math.log(high)).exp()
-            self.bias_ih[n:] = torch.logit(s0)
+            self.bias_ih[n:] = torch.logit(s0.sqrt())
 
     def selection(self, u_t: Tensor) -> tuple[Tensor, Tensor]:
-        """The drive :math:`u_t` (batch, n) and :math:`\\sqrt{s_t}` (batch, n) of a projected input (batch, 2n)."""
+        """The drive :math:`u_t` (batch, n) and the gate :math:`r_t` (batch, n) of a projected input (batch, 2n)."""
         drive, gate = u_t.chunk(2, dim=-1)
-        return drive, torch.sigmoid(gate).sqrt()
+        return drive, torch.sigmoid(gate)
 
-    def _maps(self, drive: Tensor, root: Tensor):
+    def _maps(self, drive: Tensor, gate: Tensor):
         def grad_v(q: Tensor) -> Tensor:
-            return root * log_cosh_gradient(root * q, self.weight_q, drive)
+            return gate * log_cosh_gradient(gate * (q + drive), self.weight_q)
 
         def grad_t(p: Tensor) -> Tensor:
-            return root * log_cosh_gradient(root * p, self.weight_p, self.bias_p)
+            return gate * log_cosh_gradient(gate * p, self.weight_p, self.bias_p)
 
         return grad_v, grad_t
 
     def step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
-        drive, root = self.selection(u_t)
+        drive, gate = self.selection(u_t)
         h = self.step_size()
-        decay = self.friction(h, root.square())
+        decay = self.friction(h, gate.square())
         if decay is not None:
             p = decay * p
-        return self.scheme.step(p, q, *self._maps(drive, root), h)
+        return self.scheme.step(p, q, *self._maps(drive, gate), h)
 
     def inverse_step(self, u_t: Tensor, p: Tensor, q: Tensor) -> State:
-        drive, root = self.selection(u_t)
+        drive, gate = self.selection(u_t)
         h = self.step_size()
-        p, q = self.scheme.inverse(p, q, *self._maps(drive, root), h)
-        decay = self.friction(h, root.square())
+        p, q = self.scheme.inverse(p, q, *self._maps(drive, gate), h)
+        decay = self.friction(h, gate.square())
         return (p if decay is None else p / decay), q
 
 

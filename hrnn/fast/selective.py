@@ -1,11 +1,11 @@
 r"""Fast whole-sequence recurrence of the selective Hamiltonian cell (symplectic Euler, stored memory).
 
 The step of :class:`hrnn.cells.SelectiveHamiltonianCell` on the projected input :math:`(u_t, z_t)`
-(drive and gate logits, each (B, n)), with :math:`r_t = \sqrt{\sigma(z_t)}` and the optional
+(drive and gate logits, each (B, n)), with the gate :math:`r_t = \sigma(z_t)` and the optional
 friction :math:`d_t = e^{-\zeta h r_t^2}`:
 
 .. math::
-    a_t = \tanh((r_t q_t) K_q^\top + u_t),\quad p_{t+1} = d_t p_t - h\,r_t\,(a_t K_q),\quad
+    a_t = \tanh((r_t (q_t + u_t)) K_q^\top),\quad p_{t+1} = d_t p_t - h\,r_t\,(a_t K_q),\quad
     b_t = \tanh((r_t p_{t+1}) K_p^\top + b_p),\quad q_{t+1} = q_t + h\,r_t\,(b_t K_p).
 
 :math:`r_t` and :math:`d_t` are computed for the whole sequence before the loop, which is then four
@@ -15,9 +15,11 @@ matrix multiplies a step. The backward loop carries only the state cotangents: w
 .. math::
     \zeta_t = ((h r_t \bar q_{t+1}) K_p^\top)(1 - b_t^2),\quad
     \bar p_{t+1} \mathrel{+}= r_t (\zeta_t K_p),\quad
-    \bar u_t = \eta_t = ((h r_t \bar p_{t+1}) K_q^\top)(a_t^2 - 1),
+    \eta_t = ((h r_t \bar p_{t+1}) K_q^\top)(a_t^2 - 1),
 
-    \bar q_t \mathrel{+}= \bar q_{t+1} + r_t (\eta_t K_q),\qquad \bar p_t \mathrel{+}= d_t \bar p_{t+1}.
+    \bar q_t \mathrel{+}= \bar q_{t+1} + r_t (\eta_t K_q),\qquad \bar p_t \mathrel{+}= d_t \bar p_{t+1},
+
+and the drive's cotangent is :math:`\bar u_t = r_t (\eta_t K_q)`.
 
 Everything else is computed a segment at a time after it: the gradients of :math:`K_q, K_p, b_p`
 in a few large matrix multiplies, and those of the gate logits and of :math:`\zeta` from the
@@ -48,9 +50,9 @@ _EMITTED: dict[str, str] = {"p": "the momentum", "q": "the position"}
 class _Trace:
     """Everything the forward keeps for the backward: :math:`r_t` and :math:`d_t` (None undamped);
     the states (T + 1, B, n), row 0 the initial one; per step (T, B, n) the activations, their
-    products with the weights and the scaled states."""
+    products with the weights, the displaced position and the gated momentum."""
 
-    root: Tensor
+    gate: Tensor
     decay: Tensor | None
     p: Tensor
     q: Tensor
@@ -58,41 +60,41 @@ class _Trace:
     act_p: Tensor  # b_t
     kick: Tensor  # a_t K_q
     drift: Tensor  # b_t K_p
-    root_q: Tensor  # r_t q_t
-    root_p: Tensor  # r_t p_{t+1}
+    shifted_q: Tensor  # q_t + u_t
+    gate_p: Tensor  # r_t p_{t+1}
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def _selection(u: Tensor, damping: Tensor | None, h: float) -> tuple[Tensor, Tensor | None]:
-    r""":math:`r = \sqrt{\sigma(z)}` and :math:`d = e^{-\zeta h r^2}` (or None), each (T, B, n)."""
-    root = torch.sigmoid(u[..., u.shape[-1] // 2 :]).sqrt_()
-    decay = None if damping is None else torch.exp(root.square() * (damping * -h))
-    return root, decay
+    r""":math:`r = \sigma(z)` and :math:`d = e^{-\zeta h r^2}` (or None), each (T, B, n)."""
+    gate = torch.sigmoid(u[..., u.shape[-1] // 2 :])
+    decay = None if damping is None else torch.exp(gate.square() * (damping * -h))
+    return gate, decay
 
 
 def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace:
     """Run every step of the projected input ``u`` (T, B, 2n)."""
     (seq_len, batch, n), like = (u.shape[0], *p0.shape), p0
-    root, decay = _selection(u, damping, h)
+    gate, decay = _selection(u, damping, h)
     states = {name: like.new_empty(seq_len + 1, batch, n) for name in ("p", "q")}
     steps = {f.name: like.new_empty(seq_len, batch, n) for f in fields(_Trace)[4:]}
-    tr = _Trace(root, decay, **states, **steps)
+    tr = _Trace(gate, decay, **states, **steps)
     tr.p[0], tr.q[0] = p0, q0
-    # the activations start as their biases, so that each step adds its product in place
-    tr.act_q.copy_(u[..., :n])
+    # the activation of p starts as its bias, so that each step adds its product in place
     tr.act_p.copy_(bias_p)
-    scaled = root * h
-    kq_t, kp_t, damped = weight_q.T, weight_p.T, like.new_empty(batch, n)
+    scaled = gate * h
+    kq_t, kp_t, gated, damped = weight_q.T, weight_p.T, like.new_empty(batch, n), like.new_empty(batch, n)
     p, q = tr.p.unbind(0), tr.q.unbind(0)
+    per_step = (gate, scaled, tr.act_q, tr.act_p, tr.kick, tr.drift, tr.shifted_q, tr.gate_p, u[..., :n])
     rows = zip(
-        *(x.unbind(0) for x in (root, scaled, tr.act_q, tr.act_p, tr.kick, tr.drift, tr.root_q, tr.root_p)),
+        *(x.unbind(0) for x in per_step),
         decay.unbind(0) if decay is not None else [None] * seq_len,
         strict=True,
     )
-    for t, (r, hr, a, b, v, w, rq, rp, d) in enumerate(rows):
-        a.addmm_(torch.mul(r, q[t], out=rq), kq_t).tanh_()
+    for t, (r, hr, a, b, v, w, sq, rp, ud, d) in enumerate(rows):
+        torch.mm(torch.mul(r, torch.add(q[t], ud, out=sq), out=gated), kq_t, out=a).tanh_()
         torch.mm(a, weight_q, out=v)
         start = p[t] if d is None else torch.mul(d, p[t], out=damped)
         torch.addcmul(start, hr, v, value=-1, out=p[t + 1])
@@ -105,7 +107,7 @@ def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace
 class _Workspace:
     """The backward's per-segment buffers (rows, B, n), allocated once for the longest segment."""
 
-    names = ("grad_q", "grad_p", "scaled_q", "scaled_p", "zeta", "zeta_k", "eta_k", "sech_q", "sech_p", "hr")
+    names = tuple("grad_q grad_p scaled_q scaled_p zeta eta zeta_k eta_k sech_q sech_p hr".split())
 
     def __init__(self, rows: int, like: Tensor) -> None:
         for name in self.names:
@@ -131,19 +133,17 @@ class _Grads:
         return self.u[..., : self.u.shape[-1] // 2]
 
     @property
-    def gate(self) -> Tensor:
+    def logits(self) -> Tensor:
         return self.u[..., self.u.shape[-1] // 2 :]
 
 
-def _backward_loop(
-    ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int, eta: Tensor
-) -> tuple[Tensor, Tensor]:
+def _backward_loop(ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int) -> tuple[Tensor, Tensor]:
     """Propagate the state cotangents through steps ``t1 - 1`` down to ``t0``: on entry the workspace's
-    rows hold each step's output cotangents; ``eta`` (m, B, n) receives :math:`\\bar u_t`. Returns the
+    rows hold each step's output cotangents; its ``eta`` rows receive :math:`\\eta_t`. Returns the
     cotangents (p, q) of the state before the segment."""
     kq_t, kp_t = weight_q.T, weight_p.T
-    gq, gp, tq, tp, zeta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _Workspace.names)
-    eta, r_rows = eta.unbind(0), tr.root[t0:t1].unbind(0)
+    gq, gp, tq, tp, zeta, eta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _Workspace.names)
+    r_rows = tr.gate[t0:t1].unbind(0)
     d_rows = None if tr.decay is None else tr.decay[t0:t1].unbind(0)
     for i in range(t1 - t0 - 1, -1, -1):
         r = r_rows[i]
@@ -169,28 +169,29 @@ def _weight_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, grads: _G
     """Add the gradients of :math:`K_q, K_p, b_p` of steps ``t0 .. t1 - 1``."""
     zeta = _flat(ws["zeta"])
     grads.weight_p.addmm_(_flat(tr.act_p[t0:t1]).T, _flat(ws["scaled_q"]))
-    grads.weight_p.addmm_(zeta.T, _flat(tr.root_p[t0:t1]))
+    grads.weight_p.addmm_(zeta.T, _flat(tr.gate_p[t0:t1]))
     grads.weight_q.addmm_(_flat(tr.act_q[t0:t1]).T, _flat(ws["scaled_p"]), alpha=-1)
-    grads.weight_q.addmm_(_flat(grads.drive[t0:t1]).T, _flat(tr.root_q[t0:t1]))
+    gated_q = torch.mul(tr.gate[t0:t1], tr.shifted_q[t0:t1], out=ws["sech_q"])
+    grads.weight_q.addmm_(_flat(ws["eta"]).T, _flat(gated_q))
+    torch.mul(tr.gate[t0:t1], ws["eta_k"], out=grads.drive[t0:t1])
     grads.bias_p.add_(zeta.sum(0))
 
 
 def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, rate, grads: _Grads) -> None:
-    """The gradients of the gate logits (into ``grads.gate``) and of :math:`\\zeta` of steps
+    """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\zeta` of steps
     ``t0 .. t1 - 1``; ``rate`` is :math:`-\\zeta h` (n,). Uses the loop's scratch rows."""
-    gq, gp, root = ws["grad_q"], ws["grad_p"], tr.root[t0:t1]
+    gq, gp, gate = ws["grad_q"], ws["grad_p"], tr.gate[t0:t1]
     # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r q inside a
-    g_root = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
-    g_root.sub_(torch.mul(gp, tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
-    g_root.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.q[t0:t1], ws["eta_k"])
-    # r = sqrt(s), s = sigmoid(z): dr/dz = r (1 - s) / 2; d = exp(-zeta h s): dd/dz = -zeta h d s (1 - s)
-    gate = torch.mul(g_root, root, out=grads.gate[t0:t1]).mul_(0.5)
-    s = torch.mul(root, root, out=ws["sech_p"])
+    g_gate = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
+    g_gate.sub_(torch.mul(gp, tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
+    g_gate.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.shifted_q[t0:t1], ws["eta_k"])
+    # r = sigmoid(z): dr/dz = r (1 - r); d = exp(-zeta h r^2): dd/dz = -2 zeta h d r^2 (1 - r)
+    logits = grads.logits[t0:t1].copy_(g_gate)
     if tr.decay is not None:
-        friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1]).mul_(s)
-        grads.damping.add_(_flat(friction).sum(0), alpha=-h)
-        gate.addcmul_(friction, rate)
-    gate.mul_(s.neg_().add_(1))
+        friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1]).mul_(gate)
+        grads.damping.add_(_flat(torch.mul(friction, gate, out=ws["sech_p"])).sum(0), alpha=-h)
+        logits.addcmul_(friction, rate, value=2.0)
+    logits.mul_(gate).mul_(torch.neg(gate, out=ws["sech_p"]).add_(1.0))
 
 
 def _backward_segment(tr, ws, weights, t0, t1, h, rate, seeds, carry, grads) -> tuple[Tensor, Tensor]:
@@ -204,12 +205,12 @@ def _backward_segment(tr, ws, weights, t0, t1, h, rate, seeds, carry, grads) -> 
         else:
             rows[name].copy_(seed[t0:t1])
         rows[name][-1].add_(later)
-    torch.mul(tr.root[t0:t1], h, out=rows["hr"])
+    torch.mul(tr.gate[t0:t1], h, out=rows["hr"])
     a, b = tr.act_q[t0:t1], tr.act_p[t0:t1]
     one = torch.ones((), dtype=a.dtype, device=a.device)
     torch.addcmul(-one, a, a, out=rows["sech_q"])  # the kick's sign folded in: a^2 - 1
     torch.addcmul(one, b, b, value=-1, out=rows["sech_p"])
-    before = _backward_loop(rows, tr, *weights, t0, t1, grads.drive[t0:t1])
+    before = _backward_loop(rows, tr, *weights, t0, t1)
     _weight_grads(tr, rows, t0, t1, grads)
     _gate_grads(tr, rows, t0, t1, h, rate, grads)
     return before
@@ -229,7 +230,7 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_out, grad_p, grad_q):
         weight_q, weight_p, damping, *saved = ctx.saved_tensors
         tr, h = _Trace(*saved), ctx.h
-        (seq_len, batch, n), like = tr.root.shape, tr.root[0]
+        (seq_len, batch, n), like = tr.gate.shape, tr.gate[0]
         grads = _Grads(
             like.new_empty(seq_len, batch, 2 * n), torch.zeros_like(weight_q), torch.zeros_like(weight_p),
             torch.zeros_like(weight_p[0]), None if damping is None else torch.zeros_like(damping),
@@ -286,12 +287,12 @@ def selective_scan(
 
     Args:
         u: projected input (T, B, 2n): the drive :math:`u_t` and the gate logits :math:`z_t`, so that
-            :math:`r_t = \sqrt{\sigma(z_t)}` (module docstring).
+            :math:`r_t = \sigma(z_t)` (module docstring).
         p0, q0: initial state, each (B, n).
         weight_q, weight_p: :math:`K_q, K_p` (n, n). bias_p: :math:`b_p` (n,).
         h: the step, a positive float or 0-dim tensor (not differentiated).
         damping: the friction rate :math:`\zeta` (n,), ``softplus(damping_raw)``: each step starts
-            with :math:`p \leftarrow e^{-\zeta h \sigma(z_t)} p`; ``None``: the conservative step.
+            with :math:`p \leftarrow e^{-\zeta h \sigma(z_t)^2} p`; ``None``: the conservative step.
         emit: the variable returned at every step, ``"q"`` or ``"p"``.
         chunk: segment length of the backward workspace.
 
