@@ -181,7 +181,7 @@ def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, r
     """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\zeta` of steps
     ``t0 .. t1 - 1``; ``rate`` is :math:`-\\zeta h` (n,). Uses the loop's scratch rows."""
     gq, gp, gate = ws["grad_q"], ws["grad_p"], tr.gate[t0:t1]
-    # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r q inside a
+    # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r (q + u) inside a
     g_gate = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
     g_gate.sub_(torch.mul(gp, tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
     g_gate.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.shifted_q[t0:t1], ws["eta_k"])
