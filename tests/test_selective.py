@@ -20,10 +20,16 @@ F64 = torch.float64
 def _cell(**options) -> SelectiveHamiltonianCell:
     torch.manual_seed(0)
     cell = SelectiveHamiltonianCell(IN, N, dtype=F64, **options)
-    with torch.no_grad():  # a state-dependent gate and a nonzero b_p, so nothing is trivially zero
-        cell.weight_ih.normal_()
-        cell.bias_p.normal_()
+    with torch.no_grad():  # a state-dependent gate, a nonzero b_p and K off the orthogonal
+        cell.weight_ih.normal_()  # initialisation, where the frequency bound is 1 and hides
+        cell.bias_p.normal_()  # the damping's scale; it is 1.5 * 1.3 here
+        cell.weight_q.mul_(1.5)
+        cell.weight_p.mul_(1.3)
     return cell
+
+
+def _frequency_bound(cell: SelectiveHamiltonianCell) -> float:
+    return math.prod(torch.linalg.matrix_norm(k.detach(), 2).item() for k in (cell.weight_q, cell.weight_p))
 
 
 def test_a_step_is_the_equations_written_by_hand():
@@ -31,8 +37,9 @@ def test_a_step_is_the_equations_written_by_hand():
     x, p, q = (torch.randn(B, k, dtype=F64) for k in (IN, N, N))
     u = x @ cell.weight_ih[:N].T + cell.bias_ih[:N]
     r = torch.sigmoid(x @ cell.weight_ih[N:].T + cell.bias_ih[N:])
-    h = cell.step_size()
-    p1 = torch.exp(-torch.log1p(torch.exp(cell.damping_raw)) * h * r**2) * p
+    omega = _frequency_bound(cell)
+    h = min(0.7, 1 / omega)  # the guard: h omega <= 1
+    p1 = torch.exp(-torch.log1p(torch.exp(cell.damping_raw)) * r**4) * p
     p1 = p1 - h * r * (torch.tanh((r * (q + u)) @ cell.weight_q.T) @ cell.weight_q)
     q1 = q + h * r * (torch.tanh((r * p1) @ cell.weight_p.T + cell.bias_p) @ cell.weight_p)
     p2, q2 = cell(x, (p, q))
@@ -59,8 +66,30 @@ def test_damping_contracts_volume_by_the_product_of_the_time_warped_decays():
     x = torch.randn(IN, dtype=F64)
     M = _jacobian(cell, x, torch.randn(2 * N, dtype=F64))
     r = torch.sigmoid(cell.project(x)[N:])
-    rate = torch.nn.functional.softplus(cell.damping_raw) * cell.step_size() * r**2
+    rate = torch.nn.functional.softplus(cell.damping_raw) * r**4
     assert torch.linalg.det(M).item() == pytest.approx(math.exp(-rate.sum().item()), rel=1e-10)
+
+
+def test_the_friction_bounds_zeta_theta_squared_and_meets_it_at_the_guards_limit():
+    # a step rotates unit i by at most theta = h omega r^2 <= r^2 (the guard: h omega <= 1); the
+    # friction e^{-zeta r^4} is at least e^{-zeta theta^2}, with equality once the guard acts,
+    # whatever the scale of K
+    x = torch.randn(B, IN, dtype=F64)
+    for scale, guard_acts in ((0.5, False), (4.0, True)):
+        cell = _cell(damping=0.3)
+        with torch.no_grad():
+            cell.weight_q.mul_(scale)
+            cell.weight_p.mul_(scale)
+        r = torch.sigmoid(cell.project(x)[:, N:])
+        h = float(cell.step_size())
+        theta = h * _frequency_bound(cell) * r.square()
+        rate = -torch.log(cell.friction(cell.step_size(), r.square()))
+        torch.testing.assert_close(rate, 0.3 * r**4, rtol=1e-9, atol=0)
+        assert (h < 0.5) == guard_acts
+        if guard_acts:
+            torch.testing.assert_close(rate, 0.3 * theta**2, rtol=1e-9, atol=0)
+        else:
+            assert bool((rate > 0.3 * theta**2 * 1.5).all())
 
 
 def test_a_closed_gate_freezes_the_unit_and_keeps_out_its_input():

@@ -10,7 +10,7 @@ from torch.func import jacrev
 
 from hrnn.cells import HamiltonianCell
 from hrnn.hamiltonians import canonical_j
-from hrnn.rnn import HamiltonianRNN
+from hrnn.rnn import HamiltonianRNN, SelectiveHamiltonianRNN
 
 IN, N = 2, 6
 F64 = torch.float64
@@ -98,19 +98,21 @@ def _gradient_ratios(rnn: HamiltonianRNN, x: torch.Tensor, times: list[int]) -> 
     return [n / norms[-1] for n in norms]
 
 
-def test_default_construction_keeps_the_gradient_ratio_within_ten_at_T_1000():
+@pytest.mark.parametrize("layer", [HamiltonianRNN, SelectiveHamiltonianRNN])
+def test_default_construction_keeps_the_gradient_ratio_within_ten_at_T_1000(layer):
     torch.manual_seed(0)
-    rnn = HamiltonianRNN(2, 32, batch_first=True, dtype=F64)
+    rnn = layer(2, 32, batch_first=True, dtype=F64)
     x = torch.rand(1, 1000, 2, dtype=F64)
     ratios = _gradient_ratios(rnn, x, [0, 250, 500, 750, 990, 1000])
     assert 0.1 <= min(ratios) and max(ratios) <= 10.0, ratios
 
 
-def test_default_model_trains_without_nan_at_T_20000():
+@pytest.mark.parametrize("name", ["hamiltonian", "selective"])
+def test_default_model_trains_without_nan_at_T_20000(name):
     from hrnn.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("hamiltonian", 2, 8, 1)
+    model = build_model(name, 2, 8, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = torch.rand(2, 20_000, 2), torch.rand(2, 1)
     for _ in range(2):

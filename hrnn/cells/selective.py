@@ -23,18 +23,30 @@ Every step is still one step of the scheme on a Hamiltonian (time-dependent thro
 never through the state), hence exactly symplectic with ``damping=None``, and invertible.
 Since :math:`r_t < 1`, :math:`\|K \operatorname{diag}(r_t)\|_2 \le \|K\|_2`: the guard of
 :class:`~hrnn.cells.HamiltonianCell` on :math:`\|K_p\|_2 \|K_q\|_2` bounds every step's frequency.
-Damping (port-Hamiltonian, as in the parent) runs on the unit's clock: :math:`p \leftarrow
-e^{-\zeta_i h r_{t,i}^2} p`.
+**Damping against the scheme's pumping.** Every step first applies the friction
+:math:`p \leftarrow e^{-\zeta_i r_{t,i}^4} p` (port-Hamiltonian, :math:`\zeta_i` learnable as in the
+parent). A step rotates unit i by at most :math:`\theta_{t,i} = h\hat\omega\,r_{t,i}^2 \le
+r_{t,i}^2` (:math:`\hat\omega = \|K_p\|_2 \|K_q\|_2`; the guard keeps :math:`h\hat\omega \le 1`), so
+the friction is at least :math:`e^{-\zeta\theta^2}`, with equality once the guard acts. Why
+:math:`\theta^2`: for one unit the gate only warps time (:math:`r^2 H` has the flow of :math:`H`),
+which pumps no energy; what pumps is the discretisation, whose conserved quadratic form depends on
+the step's rotation (symplectic Euler's :math:`p^2 + q^2 - \theta p q` on an oscillator), so steps
+that change with every input drive the oscillator parametrically, at a rate of order
+:math:`\theta^2` a step. The friction has that order: it acts on the units whose gates are open,
+vanishes as the gate closes (closed units keep their memory), and does not depend on h or K, so it
+does not fade as Adam grows K and the guard shortens the step. A friction on the clock,
+:math:`e^{-\zeta h r^2}` (the parent's), does: in psMNIST seed 1 (``docs/RESULTS.md`` §2.0) block
+2's :math:`\hat\omega` rose from 1 to 6.8 by step 300, h fell from 0.5 to 0.15 and the friction
+with it while the open units' rotation rose to 1 a step; a few sequences' gradients grew by
+:math:`10^6` back through time and training broke down. On the clock times :math:`\hat\omega`
+(:math:`e^{-\zeta\theta}`) it trained stably but lower (psMNIST seeds 0 / 1: 69.3 / 65.9 %
+against 75.1 / 72.7 % with this friction): that also damps the half-open units.
 
 Defaults ``dt=0.5``, ``timescales=(2e-3, 0.6)`` (the range of the initial clock factor
 :math:`\sigma(b_s)^2`, log-uniform), ``damping=0.3``: at zero input every unit steps
 :math:`h r_0^2` in (1e-3, 0.3), as the parent's default units do, and a fully open unit steps up to
-``dt``. The damping is ten times the parent's: steps that change with every input make a
-parametrically driven oscillator, and with the parent's 0.03 the cell's first form (the drive
-inside the tanh) broke down in training on 784-step sequences (psMNIST) where 0.3 trained stably;
-this form, with 0.3, still broke down in one of three psMNIST seeds (exploding gradients).
-It is a damping ratio of 0.15: a unit's amplitude falls by e in about one of its own periods. The
-output is q, as the parent's; ``emit="p"`` gives the momentum.
+``dt``; a fully open unit (r = 1) loses 26 % of its momentum a step, one at :math:`r^2 = 0.1`
+0.3 %. The output is q, as the parent's; ``emit="p"`` gives the momentum.
 
 Parameters: those of :class:`~hrnn.cells.HamiltonianCell` without ``log_timescale``;
 ``weight_ih`` (2n, input_size) and ``bias_ih`` (2n,) stack :math:`(W_{ih}, W_s)` and
@@ -99,6 +111,12 @@ class SelectiveHamiltonianCell(HamiltonianCell):
         """The drive :math:`u_t` (batch, n) and the gate :math:`r_t` (batch, n) of a projected input (batch, 2n)."""
         drive, gate = u_t.chunk(2, dim=-1)
         return drive, torch.sigmoid(gate)
+
+    def friction(self, h: Tensor, timescale: Tensor | None = None) -> Tensor | None:
+        r"""The decay :math:`e^{-\zeta_i s^2}` of p for the clock factor ``timescale``
+        :math:`s = r^2` (default 1, an open gate), whatever the step ``h`` (module docstring): the
+        parent's friction on the clock :math:`s^2`."""
+        return super().friction(1.0, None if timescale is None else timescale.square())
 
     def _maps(self, drive: Tensor, gate: Tensor):
         def grad_v(q: Tensor) -> Tensor:

@@ -2,7 +2,7 @@ r"""Fast whole-sequence recurrence of the selective Hamiltonian cell (symplectic
 
 The step of :class:`hrnn.cells.SelectiveHamiltonianCell` on the projected input :math:`(u_t, z_t)`
 (drive and gate logits, each (B, n)), with the gate :math:`r_t = \sigma(z_t)` and the optional
-friction :math:`d_t = e^{-\zeta h r_t^2}`:
+friction :math:`d_t = e^{-\gamma r_t^4}` (:math:`\gamma` the rate ``damping``):
 
 .. math::
     a_t = \tanh((r_t (q_t + u_t)) K_q^\top),\quad p_{t+1} = d_t p_t - h\,r_t\,(a_t K_q),\quad
@@ -22,7 +22,7 @@ matrix multiplies a step. The backward loop carries only the state cotangents: w
 and the drive's cotangent is :math:`\bar u_t = r_t (\eta_t K_q)`.
 
 Everything else is computed a segment at a time after it: the gradients of :math:`K_q, K_p, b_p`
-in a few large matrix multiplies, and those of the gate logits and of :math:`\zeta` from the
+in a few large matrix multiplies, and those of the gate logits and of :math:`\gamma` from the
 cotangents of :math:`r_t` (which enters the step four times) and of :math:`d_t`
 (:math:`\bar d_t = \bar p_{t+1} p_t`).
 """
@@ -67,17 +67,17 @@ class _Trace:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
-def _selection(u: Tensor, damping: Tensor | None, h: float) -> tuple[Tensor, Tensor | None]:
-    r""":math:`r = \sigma(z)` and :math:`d = e^{-\zeta h r^2}` (or None), each (T, B, n)."""
+def _selection(u: Tensor, damping: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    r""":math:`r = \sigma(z)` and :math:`d = e^{-\gamma r^4}` (or None), each (T, B, n)."""
     gate = torch.sigmoid(u[..., u.shape[-1] // 2 :])
-    decay = None if damping is None else torch.exp(gate.square() * (damping * -h))
+    decay = None if damping is None else torch.exp(gate.square().square() * -damping)
     return gate, decay
 
 
 def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace:
     """Run every step of the projected input ``u`` (T, B, 2n)."""
     (seq_len, batch, n), like = (u.shape[0], *p0.shape), p0
-    gate, decay = _selection(u, damping, h)
+    gate, decay = _selection(u, damping)
     states = {name: like.new_empty(seq_len + 1, batch, n) for name in ("p", "q")}
     steps = {f.name: like.new_empty(seq_len, batch, n) for f in fields(_Trace)[4:]}
     tr = _Trace(gate, decay, **states, **steps)
@@ -178,19 +178,20 @@ def _weight_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, grads: _G
 
 
 def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, rate, grads: _Grads) -> None:
-    """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\zeta` of steps
-    ``t0 .. t1 - 1``; ``rate`` is :math:`-\\zeta h` (n,). Uses the loop's scratch rows."""
+    """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\gamma` of steps
+    ``t0 .. t1 - 1``; ``rate`` is :math:`-\\gamma` (n,). Uses the loop's scratch rows."""
     gq, gp, gate = ws["grad_q"], ws["grad_p"], tr.gate[t0:t1]
     # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r (q + u) inside a
     g_gate = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
     g_gate.sub_(torch.mul(gp, tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
     g_gate.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.shifted_q[t0:t1], ws["eta_k"])
-    # r = sigmoid(z): dr/dz = r (1 - r); d = exp(-zeta h r^2): dd/dz = -2 zeta h d r^2 (1 - r)
+    # r = sigmoid(z): dr/dz = r (1 - r); d = exp(-gamma r^4): dd/dz = -4 gamma d r^4 (1 - r)
     logits = grads.logits[t0:t1].copy_(g_gate)
     if tr.decay is not None:
-        friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1]).mul_(gate)
-        grads.damping.add_(_flat(torch.mul(friction, gate, out=ws["sech_p"])).sum(0), alpha=-h)
-        logits.addcmul_(friction, rate, value=2.0)
+        friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1])
+        friction.mul_(torch.mul(gate, gate, out=ws["sech_p"]).mul_(gate))  # gp p d r^3
+        grads.damping.sub_(_flat(torch.mul(friction, gate, out=ws["sech_p"])).sum(0))
+        logits.addcmul_(friction, rate, value=4.0)
     logits.mul_(gate).mul_(torch.neg(gate, out=ws["sech_p"]).add_(1.0))
 
 
@@ -235,7 +236,7 @@ class _SelectiveScan(torch.autograd.Function):
             like.new_empty(seq_len, batch, 2 * n), torch.zeros_like(weight_q), torch.zeros_like(weight_p),
             torch.zeros_like(weight_p[0]), None if damping is None else torch.zeros_like(damping),
         )  # fmt: skip
-        rate = None if damping is None else damping * -h
+        rate = None if damping is None else -damping
         seeds = (grad_out, None) if ctx.emit == "p" else (None, grad_out)
         carry = tuple(torch.zeros_like(like) if g is None else g for g in (grad_p, grad_q))
         segments = list(pairwise(segment_bounds(seq_len, ctx.chunk)))
@@ -291,8 +292,9 @@ def selective_scan(
         p0, q0: initial state, each (B, n).
         weight_q, weight_p: :math:`K_q, K_p` (n, n). bias_p: :math:`b_p` (n,).
         h: the step, a positive float or 0-dim tensor (not differentiated).
-        damping: the friction rate :math:`\zeta` (n,), ``softplus(damping_raw)``: each step starts
-            with :math:`p \leftarrow e^{-\zeta h \sigma(z_t)^2} p`; ``None``: the conservative step.
+        damping: the friction rate :math:`\gamma` (n,): each step starts with
+            :math:`p \leftarrow e^{-\gamma \sigma(z_t)^4} p`, ``softplus(damping_raw)``. ``None``: the
+            conservative step.
         emit: the variable returned at every step, ``"q"`` or ``"p"``.
         chunk: segment length of the backward workspace.
 
