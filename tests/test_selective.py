@@ -21,8 +21,8 @@ def _cell(**options) -> SelectiveHamiltonianCell:
     torch.manual_seed(0)
     cell = SelectiveHamiltonianCell(IN, N, dtype=F64, **options)
     with torch.no_grad():  # a state-dependent gate, a nonzero b_p and K off the orthogonal
-        cell.weight_ih.normal_()  # initialisation, where the frequency bound is 1 and hides
-        cell.bias_p.normal_()  # the damping's scale; it is 1.5 * 1.3 here
+        cell.weight_ih.normal_()  # initialisation: a frequency bound of 1.5 * 1.3, over which
+        cell.bias_p.normal_()  # the guard acts at dt = 0.7
         cell.weight_q.mul_(1.5)
         cell.weight_p.mul_(1.3)
     return cell
