@@ -29,8 +29,10 @@ __all__ = [
     "InputTerm",
     "RunConfig",
     "backward_input",
+    "check_chunk",
     "check_memory",
     "segment_bounds",
+    "validate_batched_state",
     "validate_scan_inputs",
 ]
 
@@ -211,6 +213,20 @@ def check_memory(memory: str, anchor_every: int | None, symplectic: bool) -> tup
     return reversible, anchor_every
 
 
+def validate_batched_state(p0: Tensor, q0: Tensor) -> tuple[int, int]:
+    """Check a scan's initial state, each (batch, hidden); returns ``(batch, hidden)``."""
+    validate_state(p0, q0)
+    if p0.dim() != 2:
+        raise ValueError(f"p0 and q0 must have shape (batch, hidden), got {tuple(p0.shape)}")
+    return tuple(p0.shape)
+
+
+def check_chunk(chunk: int) -> None:
+    """Check the segment length of a scan's backward workspace."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+
+
 def validate_scan_inputs(
     u: Tensor,
     p0: Tensor,
@@ -228,10 +244,7 @@ def validate_scan_inputs(
 
     ``params`` maps each parameter's name to (tensor, expected shape); ``None`` tensors are skipped.
     """
-    validate_state(p0, q0)
-    if p0.dim() != 2:
-        raise ValueError(f"p0 and q0 must have shape (batch, hidden), got {tuple(p0.shape)}")
-    batch, n = p0.shape
+    batch, n = validate_batched_state(p0, q0)
     if not isinstance(u, Tensor):
         raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
     if u.dim() != 3 or u.shape[1] != batch or u.shape[0] < 1:
@@ -250,6 +263,5 @@ def validate_scan_inputs(
             _check_tensor(name, t, shape, p0)
     validate_step_size(step, like=p0)
     reversible, anchor_every = check_memory(memory, anchor_every, symplectic)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_chunk(chunk)
     return RunConfig(reversible=reversible, chunk=chunk, anchor_every=anchor_every)

@@ -36,9 +36,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..integrators import validate_state, validate_step_size
+from ..integrators import validate_step_size
 from ..validation import lookup
-from ._common import DEFAULT_CHUNK, _check_tensor, segment_bounds
+from ._common import DEFAULT_CHUNK, _check_tensor, check_chunk, segment_bounds, validate_batched_state
 
 __all__ = ["selective_scan"]
 
@@ -253,10 +253,7 @@ class _SelectiveScan(torch.autograd.Function):
 
 
 def _validate(u, p0, q0, params: dict[str, tuple[Tensor | None, tuple[int, ...]]], h, emit, chunk) -> None:
-    validate_state(p0, q0)
-    if p0.dim() != 2:
-        raise ValueError(f"p0 and q0 must have shape (batch, hidden), got {tuple(p0.shape)}")
-    batch, n = p0.shape
+    batch, n = validate_batched_state(p0, q0)
     if not isinstance(u, Tensor) or u.dim() != 3 or u.shape[0] < 1 or u.shape[1:] != (batch, 2 * n):
         shape = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
         raise ValueError(f"u must have shape (seq_len >= 1, batch={batch}, 2 * hidden={2 * n}), got {shape}")
@@ -267,8 +264,7 @@ def _validate(u, p0, q0, params: dict[str, tuple[Tensor | None, tuple[int, ...]]
     if isinstance(h, Tensor) and h.dim() != 0:
         raise ValueError(f"the step size must be a float or a 0-dim tensor, got shape {tuple(h.shape)}")
     lookup(_EMITTED, emit, "emit")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_chunk(chunk)
 
 
 def selective_scan(
