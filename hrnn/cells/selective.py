@@ -23,6 +23,7 @@ Every step is still one step of the scheme on a Hamiltonian (time-dependent thro
 never through the state), hence exactly symplectic with ``damping=None``, and invertible.
 Since :math:`r_t < 1`, :math:`\|K \operatorname{diag}(r_t)\|_2 \le \|K\|_2`: the guard of
 :class:`~hrnn.cells.HamiltonianCell` on :math:`\|K_p\|_2 \|K_q\|_2` bounds every step's frequency.
+
 **Damping against the scheme's pumping.** Every step first applies the friction
 :math:`p \leftarrow e^{-\zeta_i r_{t,i}^4} p` (port-Hamiltonian, :math:`\zeta_i` learnable as in the
 parent). A step rotates unit i by at most :math:`\theta_{t,i} = h\hat\omega\,r_{t,i}^2 \le
@@ -34,13 +35,10 @@ the step's rotation (symplectic Euler's :math:`p^2 + q^2 - \theta p q` on an osc
 that change with every input drive the oscillator parametrically, at a rate of order
 :math:`\theta^2` a step. The friction has that order: it acts on the units whose gates are open,
 vanishes as the gate closes (closed units keep their memory), and does not depend on h or K, so it
-does not fade as Adam grows K and the guard shortens the step. A friction on the clock,
-:math:`e^{-\zeta h r^2}` (the parent's), does: in psMNIST seed 1 (``docs/RESULTS.md`` §2.0) block
-2's :math:`\hat\omega` rose from 1 to 6.8 by step 300, h fell from 0.5 to 0.15 and the friction
-with it while the open units' rotation rose to 1 a step; a few sequences' gradients grew by
-:math:`10^6` back through time and training broke down. On the clock times :math:`\hat\omega`
-(:math:`e^{-\zeta\theta}`) it trained stably but lower (psMNIST seeds 0 / 1: 69.3 / 65.9 %
-against 75.1 / 72.7 % with this friction): that also damps the half-open units.
+does not fade as Adam grows K and the guard shortens the step. The parent's friction on the clock,
+:math:`e^{-\zeta h r^2}`, fades with h, and with it psMNIST seed 1 broke down (exploding gradients
+of a few sequences); one on the rotation, :math:`e^{-\zeta\theta}`, trained stably but about 6
+points lower, damping the half-open units too (``docs/RESULTS.md`` §2.0).
 
 Defaults ``dt=0.5``, ``timescales=(2e-3, 0.6)`` (the range of the initial clock factor
 :math:`\sigma(b_s)^2`, log-uniform), ``damping=0.3``: at zero input every unit steps
