@@ -177,9 +177,11 @@ def _weight_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, grads: _G
     grads.bias_p.add_(zeta.sum(0))
 
 
-def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, rate, grads: _Grads) -> None:
-    """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\gamma` of steps
-    ``t0 .. t1 - 1``; ``rate`` is :math:`-\\gamma` (n,). Uses the loop's scratch rows."""
+def _gate_grads(
+    tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, damping, grads: _Grads
+) -> None:
+    """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\gamma` (``damping``,
+    (n,)) of steps ``t0 .. t1 - 1``. Uses the loop's scratch rows."""
     gq, gp, gate = ws["grad_q"], ws["grad_p"], tr.gate[t0:t1]
     # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r (q + u) inside a
     g_gate = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
@@ -191,11 +193,11 @@ def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, r
         friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1])
         friction.mul_(torch.mul(gate, gate, out=ws["sech_p"]).mul_(gate))  # gp p d r^3
         grads.damping.sub_(_flat(torch.mul(friction, gate, out=ws["sech_p"])).sum(0))
-        logits.addcmul_(friction, rate, value=4.0)
+        logits.addcmul_(friction, damping, value=-4.0)
     logits.mul_(gate).mul_(torch.neg(gate, out=ws["sech_p"]).add_(1.0))
 
 
-def _backward_segment(tr, ws, weights, t0, t1, h, rate, seeds, carry, grads) -> tuple[Tensor, Tensor]:
+def _backward_segment(tr, ws, weights, t0, t1, h, damping, seeds, carry, grads) -> tuple[Tensor, Tensor]:
     """One segment of the backward: seed its cotangents with the output's (``seeds``, for (p, q), None
     where not emitted) and, at its last step, the later segment's (``carry``); run the loop; add its
     gradients."""
@@ -213,7 +215,7 @@ def _backward_segment(tr, ws, weights, t0, t1, h, rate, seeds, carry, grads) -> 
     torch.addcmul(one, b, b, value=-1, out=rows["sech_p"])
     before = _backward_loop(rows, tr, *weights, t0, t1)
     _weight_grads(tr, rows, t0, t1, grads)
-    _gate_grads(tr, rows, t0, t1, h, rate, grads)
+    _gate_grads(tr, rows, t0, t1, h, damping, grads)
     return before
 
 
@@ -236,13 +238,12 @@ class _SelectiveScan(torch.autograd.Function):
             like.new_empty(seq_len, batch, 2 * n), torch.zeros_like(weight_q), torch.zeros_like(weight_p),
             torch.zeros_like(weight_p[0]), None if damping is None else torch.zeros_like(damping),
         )  # fmt: skip
-        rate = None if damping is None else -damping
         seeds = (grad_out, None) if ctx.emit == "p" else (None, grad_out)
         carry = tuple(torch.zeros_like(like) if g is None else g for g in (grad_p, grad_q))
         segments = list(pairwise(segment_bounds(seq_len, ctx.chunk)))
         ws = _Workspace(max(t1 - t0 for t0, t1 in segments), like)
         for t0, t1 in reversed(segments):
-            carry = _backward_segment(tr, ws, (weight_q, weight_p), t0, t1, h, rate, seeds, carry, grads)
+            carry = _backward_segment(tr, ws, (weight_q, weight_p), t0, t1, h, damping, seeds, carry, grads)
         result = (grads.u, *carry, grads.weight_q, grads.weight_p, grads.bias_p, grads.damping)
         return (
             *(g if need else None for g, need in zip(result, ctx.needs_input_grad[:7], strict=True)),
