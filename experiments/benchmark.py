@@ -165,7 +165,7 @@ BUDGETS: dict[str, Budget] = {
         1000,
         steps=1000,
         recipe=Recipe("adam", 1e-2, 0.0, "cosine", 64, 64, 1.0, (0, 1)),
-        model_kwargs={"hamiltonian": {"gain": 0.1, "dt": 0.1, "timescales": None}},
+        model_kwargs={"static_hamiltonian": {"gain": 0.1, "dt": 0.1, "timescales": None}},
         num_blocks=0,
         readout="state",
         standardize=True,

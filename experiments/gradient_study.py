@@ -180,9 +180,13 @@ def sensitivity_profile(model: nn.Module, x: Tensor) -> SensitivityProfile:
 # ----------------------------------------------------------------------------- one (model, T)
 
 
-#: The study measures the conservative recurrences of the seed papers: the log-cosh cell without
-#: its timescales and damping (its default since they were added; see docs/step_size.md).
-CONSERVATIVE = {"hamiltonian": {"timescales": None, "damping": None}}
+#: The study measures conservative recurrences: the Hamiltonian cells without their damping, and the
+#: seed papers' cell also without its timescales (its default since they were added; see
+#: docs/step_size.md).
+CONSERVATIVE = {
+    "hamiltonian": {"damping": None},
+    "static_hamiltonian": {"timescales": None, "damping": None},
+}
 
 
 def model_kwargs(name: str) -> dict[str, object]:

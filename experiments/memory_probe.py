@@ -3,7 +3,7 @@ r"""Memory probe: how well does an untrained layer's final state linearly encode
 Usage::
 
     python -m experiments.memory_probe                       # T = 1000 and 5000, the default models
-    python -m experiments.memory_probe --models lstm "hamiltonian:gain=0.1,dt=0.1,timescales=null" --seq-lens 1000
+    python -m experiments.memory_probe --models lstm "static_hamiltonian:gain=0.1,dt=0.1,timescales=null" --seq-lens 1000
     python -m experiments.memory_probe --quick --out /tmp/probe   # smoke run (seconds)
 
 Each model spec is a registry name, optionally followed by layer options:
@@ -63,10 +63,10 @@ __all__ = [
 ]
 
 DEFAULT_SPECS = (
-    "hamiltonian:dt=auto",
-    "hamiltonian:gain=0.3,dt=0.1,timescales=null",
-    "hamiltonian:gain=0.1,dt=0.1,timescales=null",
-    "hamiltonian:gain=0.03,dt=0.1,timescales=null",
+    "static_hamiltonian:dt=auto",
+    "static_hamiltonian:gain=0.3,dt=0.1,timescales=null",
+    "static_hamiltonian:gain=0.1,dt=0.1,timescales=null",
+    "static_hamiltonian:gain=0.03,dt=0.1,timescales=null",
     "oscillator:dt=auto",
     "oscillator:alpha=0,dt=0.1",
     "antisymmetric",

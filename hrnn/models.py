@@ -55,8 +55,10 @@ __all__ = [
 #: ``(input_size, hidden_size, num_layers=..., batch_first=..., dropout=..., **options)``; an hrnn
 #: layer declares what it supports in ``capabilities`` (torch's layers support none of it).
 MODELS: dict[str, type[nn.Module]] = {
-    "hamiltonian": HamiltonianRNN,
-    "selective": SelectiveHamiltonianRNN,
+    # the package's Hamiltonian model: the log-cosh energy with input-selected timescales, above the
+    # seed papers' cell (static per-unit timescales) on every benchmark (docs/RESULTS.md section 2)
+    "hamiltonian": SelectiveHamiltonianRNN,
+    "static_hamiltonian": HamiltonianRNN,
     "oscillator": OscillatorRNN,
     "cornn": CoRNN,
     "antisymmetric": AntisymmetricRNN,

@@ -348,8 +348,9 @@ class HamiltonianRNN(RecurrentLayer):
 
 class SelectiveHamiltonianRNN(RecurrentLayer):
     r"""Stacked :class:`hrnn.cells.SelectiveHamiltonianCell` layers: the log-cosh energy scaled unit by
-    unit by a gate :math:`r_t = \sigma(W_s x_t + b_s)` on each input. Options, state, output and
-    shapes as :class:`HamiltonianRNN`."""
+    unit by a gate :math:`r_t = \sigma(W_s x_t + b_s)` on each input; the registry's ``hamiltonian``.
+    Options, state and shapes as :class:`HamiltonianRNN`; the output is :math:`p_t` of the last
+    layer, the *first* part of the state, as LSTM's h (:math:`q_t` with ``emit="q"``)."""
 
     cell_class = SelectiveHamiltonianCell
 

@@ -105,7 +105,7 @@ def test_readout_budget_trains_only_a_standardised_head_on_the_bare_layer_of_eve
             0,
         )
         assert (config.lr, config.steps, config.task_kwargs["seq_len"]) == (1e-2, 1000, 1000)
-    hamiltonian = train_config("adding1000_readout", budget, "hamiltonian", tmp_path, "disabled", 0)
+    hamiltonian = train_config("adding1000_readout", budget, "static_hamiltonian", tmp_path, "disabled", 0)
     assert hamiltonian.model_kwargs == {"gain": 0.1, "dt": 0.1, "timescales": None}
     assert train_config("adding1000_readout", budget, "lstm", tmp_path, "disabled", 0).model_kwargs == {}
 

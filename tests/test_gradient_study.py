@@ -132,7 +132,7 @@ def test_sensitivity_of_linear_recurrence_is_a_power_of_a():
     assert profile.symplecticity_error is None and profile.max_symplecticity_error is None
 
 
-@pytest.mark.parametrize("name", ["hamiltonian", "oscillator"])
+@pytest.mark.parametrize("name", ["hamiltonian", "static_hamiltonian", "oscillator"])
 def test_sensitivity_of_hamiltonian_cells_is_symplectic_and_never_below_one(name):
     torch.manual_seed(0)
     model = build_model(name, 2, 4, 1, num_blocks=0, readout="last", seq_len=40, **model_kwargs(name))
@@ -143,7 +143,7 @@ def test_sensitivity_of_hamiltonian_cells_is_symplectic_and_never_below_one(name
 
 def test_only_hamiltonian_cells_choose_dt_from_the_sequence_length():
     assert model_kwargs("oscillator") == {"dt": "auto"}
-    assert model_kwargs("hamiltonian") == {"dt": "auto", "timescales": None, "damping": None}
+    assert model_kwargs("static_hamiltonian") == {"dt": "auto", "timescales": None, "damping": None}
     assert model_kwargs("lstm") == model_kwargs("antisymmetric") == {}
 
 

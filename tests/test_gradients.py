@@ -99,7 +99,7 @@ def test_hamiltonian_gradients_do_not_vanish_at_T_1000_while_vanilla_rnns_do():
     seq_len, hidden, batch = 1000, 16, 4
     x, y = torch.randn(batch, seq_len, IN), torch.randn(batch, 1)
     hamiltonian = build_model(
-        "hamiltonian",
+        "static_hamiltonian",
         IN,
         hidden,
         1,

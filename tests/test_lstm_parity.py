@@ -190,15 +190,18 @@ def test_emitted_picks_the_part_that_output_holds(cls, bidirectional):
         torch.testing.assert_close(emitted[-1], output[0, :, N:], rtol=0, atol=0)
     else:
         torch.testing.assert_close(emitted[-1], output[-1], rtol=0, atol=0)
-    if len(layer.state_names) == 2:  # (p_n, q_n): the emitted part is the second, unlike LSTM's (h_n, c_n)
-        assert emitted is h_n[1]
+    if len(layer.state_names) == 2:  # the selective layer emits p, the first part, as LSTM emits h of
+        # (h_n, c_n); the others the second, q of (p_n, q_n) or y of (z, y)
+        assert emitted is h_n[0 if cls is MODELS["hamiltonian"] else 1]
 
 
 def test_readme_idiom_for_the_last_layers_state_matches_lstms():
     x = torch.randn(T, B, IN)
     output, (h_n, _) = nn.LSTM(IN, N, num_layers=L)(x)
     torch.testing.assert_close(h_n[-1], output[-1], rtol=0, atol=0)
-    output, (p_n, q_n) = HRNN_LAYERS[0](IN, N, num_layers=L)(x)
+    output, (h_n, _) = MODELS["hamiltonian"](IN, N, num_layers=L)(x)
+    torch.testing.assert_close(h_n[-1], output[-1], rtol=0, atol=0)
+    output, (p_n, q_n) = MODELS["static_hamiltonian"](IN, N, num_layers=L)(x)
     torch.testing.assert_close(q_n[-1], output[-1], rtol=0, atol=0)
     assert not torch.allclose(p_n[-1], output[-1])
 

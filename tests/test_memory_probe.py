@@ -83,7 +83,7 @@ def test_force_free_oscillator_momentum_is_the_exact_sum_of_input_impulses():
 
 def test_probe_finds_the_sum_in_a_low_frequency_hamiltonian_state_but_not_in_lstm():
     config = ProbeConfig(hidden_size=16, n_train=400, n_test=200, progress=False)
-    hamiltonian = probe("hamiltonian:gain=0.1,dt=0.1,timescales=null", 100, config)
+    hamiltonian = probe("static_hamiltonian:gain=0.1,dt=0.1,timescales=null", 100, config)
     lstm = probe("lstm", 100, config)
     assert hamiltonian.probe_mse < 0.05 * hamiltonian.baseline_mse
     assert lstm.probe_mse > 0.5 * lstm.baseline_mse

@@ -8,7 +8,6 @@ from torch import nn
 
 import hrnn
 from hrnn.models import MODELS, build_model, capabilities, models_with
-from hrnn.rnn import HamiltonianRNN
 
 NAMES = hrnn.available_models()
 IN, HIDDEN, OUT, B, T = 3, 6, 2, 4, 9
@@ -58,7 +57,7 @@ def test_capabilities_are_what_the_cells_declare():
     # the default log-cosh cell is damped: conformally symplectic, not symplectic
     assert (ham.canonical, ham.symplectic, ham.auto_dt, ham.reversible) == (True, False, True, True)
     assert capabilities("lstm") == hrnn.Capabilities() == capabilities("cornn")
-    assert models_with(reversible=True) == ["hamiltonian", "selective", "oscillator"]
+    assert models_with(reversible=True) == ["hamiltonian", "static_hamiltonian", "oscillator"]
     for name, layer in MODELS.items():
         declared = layer.cell_class.capabilities if hasattr(layer, "cell_class") else hrnn.Capabilities()
         assert capabilities(name) == declared
@@ -124,19 +123,29 @@ def test_dtype_option_builds_the_whole_model_in_float64(name):
     assert model(torch.randn(B, T, IN, dtype=torch.float64)).dtype == torch.float64
 
 
-def _hamiltonian_parameter_count(n_in: int, n: int, n_out: int, blocks: int) -> int:
-    # per block: LayerNorm, the layer (weight_ih, bias_ih, K_q, K_p, b_p, log_timescale, damping_raw) and
-    # the GLU mix Linear(n, 2n); then encoder Linear(n_in, n), final LayerNorm and the head.
-    layer = n * n + n + 2 * n * n + n + n + n  # ... + log_timescale + damping_raw
+def _stack_parameter_count(layer: int, n_in: int, n: int, n_out: int, blocks: int) -> int:
+    # per block: LayerNorm, the layer and the GLU mix Linear(n, 2n); then encoder Linear(n_in, n),
+    # final LayerNorm and the head.
     block = 2 * n + layer + 2 * n * n + 2 * n
     return n_in * n + n + blocks * block + 2 * n + n * n_out + n_out
 
 
 def test_hamiltonian_parameter_count_matches_its_equations():
-    model = build_model("hamiltonian", IN, 128, OUT)
-    assert sum(p.numel() for p in model.parameters()) == _hamiltonian_parameter_count(IN, 128, OUT, 2)
-    bare = build_model("hamiltonian", IN, 128, OUT, num_blocks=0, timescales=None, damping=None)
-    assert sum(p.numel() for p in bare.parameters()) == 128 * IN + 128 + 2 * 128 * 128 + 128 + 128 * OUT + OUT
+    # weight_ih (2n, n) and bias_ih (2n,) stack the drive's and the gate's, then K_q, K_p, b_p, damping_raw
+    n = 128
+    layer = 2 * n * n + 2 * n + 2 * n * n + n + n
+    model = build_model("hamiltonian", IN, n, OUT)
+    assert sum(p.numel() for p in model.parameters()) == _stack_parameter_count(layer, IN, n, OUT, 2)
+
+
+def test_static_hamiltonian_parameter_count_matches_its_equations():
+    # weight_ih, bias_ih, K_q, K_p, b_p, log_timescale, damping_raw
+    n = 128
+    layer = n * n + n + 2 * n * n + n + n + n
+    model = build_model("static_hamiltonian", IN, n, OUT)
+    assert sum(p.numel() for p in model.parameters()) == _stack_parameter_count(layer, IN, n, OUT, 2)
+    bare = build_model("static_hamiltonian", IN, n, OUT, num_blocks=0, timescales=None, damping=None)
+    assert sum(p.numel() for p in bare.parameters()) == n * IN + n + 2 * n * n + n + n * OUT + OUT
 
 
 def test_unknown_model_lists_the_known_ones():
@@ -202,7 +211,7 @@ def test_building_a_state_readout_draws_nothing_from_the_global_rng():
     build_model("hamiltonian", IN, HIDDEN, OUT, readout="state", num_blocks=0, num_layers=2, dropout=0.5)
     after_model = torch.rand(1)
     torch.manual_seed(0)
-    HamiltonianRNN(IN, HIDDEN, num_layers=2, dropout=0.5, batch_first=True)
+    MODELS["hamiltonian"](IN, HIDDEN, num_layers=2, dropout=0.5, batch_first=True)
     nn.Linear(2 * HIDDEN, OUT)
     assert torch.equal(torch.rand(1), after_model)
 

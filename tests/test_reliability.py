@@ -176,7 +176,7 @@ def diverging(tmp_path: Path, **overrides: object):
     """SGD at lr 1e6 without clipping: the loss becomes non-finite within a few steps."""
     fields = {"optimizer": "sgd", "lr": 1e6, "clip_grad_norm": None, "lr_schedule": "constant", "steps": 40}
     # the bare seed-paper cell, whose loss stays finite for a step or two before it diverges
-    fields |= {"num_blocks": 0, "model_kwargs": {"timescales": None}}
+    fields |= {"model": "static_hamiltonian", "num_blocks": 0, "model_kwargs": {"timescales": None}}
     return tiny(tmp_path, **{**fields, **overrides})
 
 
@@ -195,7 +195,7 @@ def test_non_finite_loss_leaves_the_last_loss_finite_checkpoint_and_resume_with_
     task = build_task("adding", seed=0, **TASK)
     (indices,) = list(StepBatchSampler(len(task.train), 16, 0, saved["step"], saved["step"] + 1))
     x, y = default_collate([task.train[i] for i in indices])
-    model = build_model("hamiltonian", 2, 6, 1, num_blocks=0, timescales=None)
+    model = build_model("static_hamiltonian", 2, 6, 1, num_blocks=0, timescales=None)
     model.load_state_dict(saved["model"])
     loss = torch.nn.functional.mse_loss(model(x), y)
     loss.backward()

@@ -1,5 +1,8 @@
 r"""The selective Hamiltonian cell: the log-cosh energy scaled unit by unit by a gate on the input.
 
+The package's Hamiltonian model (registry name ``hamiltonian``); the seed papers' cell, with
+static per-unit timescales, is :class:`~hrnn.cells.HamiltonianCell` (``static_hamiltonian``).
+
 .. math::
     H_t(p, q) = \sum_i \log\cosh(K_p\,(r_t \odot p) + b_p)_i
               + \sum_i \log\cosh(K_q\,(r_t \odot (q + u_t)))_i,
@@ -44,7 +47,13 @@ Defaults ``dt=0.5``, ``timescales=(2e-3, 0.6)`` (the range of the initial clock 
 :math:`\sigma(b_s)^2`, log-uniform), ``damping=0.3``: at zero input every unit steps
 :math:`h r_0^2` in (1e-3, 0.3), as the parent's default units do, and a fully open unit steps up to
 ``dt``; a fully open unit (r = 1) loses 26 % of its momentum a step, one at :math:`r^2 = 0.1`
-0.3 %. The output is q, as the parent's; ``emit="p"`` gives the momentum.
+0.3 %.
+
+**The output is the momentum p** (``emit="q"`` gives the position). The force on a unit is
+:math:`-r^2 (q + u)`, so over a stretch where its clock runs slowly p is the running sum of the
+drive to first order in the clock and q, its integral, only to second order: emitting q leaves
+the slow units nearly silent on short sequences. Emitting p gained on psMNIST, row-wise sMNIST
+and FSDD and kept the adding problem at T = 1000 solved (``docs/RESULTS.md`` §2.00).
 
 Parameters: those of :class:`~hrnn.cells.HamiltonianCell` without ``log_timescale``;
 ``weight_ih`` (2n, input_size) and ``bias_ih`` (2n,) stack :math:`(W_{ih}, W_s)` and
@@ -89,13 +98,16 @@ class SelectiveHamiltonianCell(HamiltonianCell):
         dt: float | str = 0.5,
         timescales: tuple[float, float] = (2e-3, 0.6),
         damping: float | None = 0.3,
+        emit: str = "p",
         **options,
     ) -> None:
         if timescales is None:
             raise ValueError(
                 "a selective cell draws its timescales from the input: timescales may not be None"
             )
-        super().__init__(input_size, hidden_size, dt=dt, timescales=timescales, damping=damping, **options)
+        super().__init__(
+            input_size, hidden_size, dt=dt, timescales=timescales, damping=damping, emit=emit, **options
+        )
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
