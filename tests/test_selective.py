@@ -165,12 +165,3 @@ def test_build_model_gives_a_residual_stack_of_selective_layers():
     model = build_model("hamiltonian", 2, 8, 3)
     assert all(isinstance(layer, SelectiveHamiltonianRNN) for layer in model.rnn.layers)
     assert model(torch.randn(4, 11, 2)).shape == (4, 3)
-
-
-def test_the_layer_emits_the_momentum_the_first_state_part_by_default():
-    torch.manual_seed(0)
-    rnn = SelectiveHamiltonianRNN(IN, N, num_layers=2, batch_first=True, dtype=F64)
-    output, (p_n, q_n) = rnn(torch.randn(B, 7, IN, dtype=F64))
-    torch.testing.assert_close(output[:, -1], p_n[-1], rtol=0, atol=0)
-    assert rnn.emitted((p_n, q_n)) is p_n
-    assert SelectiveHamiltonianRNN(IN, N, emit="q").emitted((p_n, q_n)) is q_n
