@@ -49,8 +49,8 @@ _EMITTED: dict[str, str] = {"p": "the momentum", "q": "the position"}
 @dataclass(frozen=True)
 class _Trace:
     """Everything the forward keeps for the backward: :math:`r_t` and :math:`d_t` (None undamped);
-    the states (T + 1, B, n), row 0 the initial one; per step (T, B, n) the activations, their
-    products with the weights, the displaced position and the gated momentum."""
+    the states (T + 1, B, n), row 0 the initial one; per step (T, B, n) the activations and the two
+    gated vectors the step multiplies by the weights."""
 
     gate: Tensor
     decay: Tensor | None
@@ -58,20 +58,26 @@ class _Trace:
     q: Tensor
     act_q: Tensor  # a_t
     act_p: Tensor  # b_t
-    kick: Tensor  # a_t K_q
-    drift: Tensor  # b_t K_p
-    shifted_q: Tensor  # q_t + u_t
+    gated_q: Tensor  # r_t (q_t + u_t)
     gate_p: Tensor  # r_t p_{t+1}
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
+def _tanh_of_half_(x: Tensor, one: Tensor) -> Tensor:
+    r""":math:`\tanh(x / 2) = 2 \sigma(x) - 1` in place, ``one`` a 0-dim tensor of x's dtype: torch's
+    CPU sigmoid is several times faster than its tanh, the factor 2 of x rides in the weights of the
+    matrix multiply before it, and a Python scalar would cost a conversion each call."""
+    return torch.add(x.sigmoid_(), x, out=x).sub_(one)
+
+
 def _selection(u: Tensor, damping: Tensor | None) -> tuple[Tensor, Tensor | None]:
     r""":math:`r = \sigma(z)` and :math:`d = e^{-\gamma r^4}` (or None), each (T, B, n)."""
     gate = torch.sigmoid(u[..., u.shape[-1] // 2 :])
-    decay = None if damping is None else torch.exp(gate.square().square() * -damping)
-    return gate, decay
+    if damping is None:
+        return gate, None
+    return gate, gate.square().square_().mul_(-damping).exp_()  # in place: one (T, B, n) tensor
 
 
 def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace:
@@ -82,25 +88,26 @@ def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace
     steps = {f.name: like.new_empty(seq_len, batch, n) for f in fields(_Trace)[4:]}
     tr = _Trace(gate, decay, **states, **steps)
     tr.p[0], tr.q[0] = p0, q0
-    # the activation of p starts as its bias, so that each step adds its product in place
-    tr.act_p.copy_(bias_p)
-    scaled = gate * h
-    kq_t, kp_t, gated, damped = weight_q.T, weight_p.T, like.new_empty(batch, n), like.new_empty(batch, n)
+    # the step runs on 2 K and 2 b_p (for _tanh_of_half_), with h / 2 for the products a K = (a 2K) / 2
+    kq2, kp2, bias2, half_h = 2.0 * weight_q, 2.0 * weight_p, 2.0 * bias_p, h / 2
+    kq2_t, kp2_t = kq2.T, kp2.T
+    shifted, kick, drift, damped = (like.new_empty(batch, n) for _ in range(4))
+    one = like.new_ones(())
     p, q = tr.p.unbind(0), tr.q.unbind(0)
-    per_step = (gate, scaled, tr.act_q, tr.act_p, tr.kick, tr.drift, tr.shifted_q, tr.gate_p, u[..., :n])
+    per_step = (gate, tr.act_q, tr.act_p, tr.gated_q, tr.gate_p, u[..., :n])
     rows = zip(
         *(x.unbind(0) for x in per_step),
         decay.unbind(0) if decay is not None else [None] * seq_len,
         strict=True,
     )
-    for t, (r, hr, a, b, v, w, sq, rp, ud, d) in enumerate(rows):
-        torch.mm(torch.mul(r, torch.add(q[t], ud, out=sq), out=gated), kq_t, out=a).tanh_()
-        torch.mm(a, weight_q, out=v)
+    for t, (r, a, b, rq, rp, ud, d) in enumerate(rows):
+        _tanh_of_half_(torch.mm(torch.mul(r, torch.add(q[t], ud, out=shifted), out=rq), kq2_t, out=a), one)
+        torch.mm(a, kq2, out=kick)
         start = p[t] if d is None else torch.mul(d, p[t], out=damped)
-        torch.addcmul(start, hr, v, value=-1, out=p[t + 1])
-        b.addmm_(torch.mul(r, p[t + 1], out=rp), kp_t).tanh_()
-        torch.mm(b, weight_p, out=w)
-        torch.addcmul(q[t], hr, w, out=q[t + 1])
+        torch.addcmul(start, r, kick, value=-half_h, out=p[t + 1])
+        _tanh_of_half_(torch.addmm(bias2, torch.mul(r, p[t + 1], out=rp), kp2_t, out=b), one)
+        torch.mm(b, kp2, out=drift)
+        torch.addcmul(q[t], r, drift, value=half_h, out=q[t + 1])
     return tr
 
 
@@ -137,10 +144,13 @@ class _Grads:
         return self.u[..., self.u.shape[-1] // 2 :]
 
 
-def _backward_loop(ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int) -> tuple[Tensor, Tensor]:
+def _backward_loop(
+    ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int, seeded_q: bool
+) -> tuple[Tensor, Tensor]:
     """Propagate the state cotangents through steps ``t1 - 1`` down to ``t0``: on entry the workspace's
     rows hold each step's output cotangents; its ``eta`` rows receive :math:`\\eta_t`. Returns the
-    cotangents (p, q) of the state before the segment."""
+    cotangents (p, q) of the state before the segment. Unless q is ``seeded_q`` (emitted), its rows
+    before the last are zero and the loop writes them instead of adding (one op less a step)."""
     kq_t, kp_t = weight_q.T, weight_p.T
     gq, gp, tq, tp, zeta, eta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _Workspace.names)
     r_rows = tr.gate[t0:t1].unbind(0)
@@ -151,12 +161,16 @@ def _backward_loop(ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int) -> tupl
         gp[i].addcmul_(r, torch.mm(z, weight_p, out=zk[i]))  # gp[i] is now complete
         e = torch.mm(torch.mul(gp[i], hr[i], out=tp[i]), kq_t, out=eta[i]).mul_(sq[i])
         torch.mm(e, weight_q, out=ek[i])
-        if i > 0:
+        if i == 0:
+            break
+        if seeded_q:
             gq[i - 1].add_(gq[i]).addcmul_(r, ek[i])
-            if d_rows is None:
-                gp[i - 1].add_(gp[i])
-            else:
-                gp[i - 1].addcmul_(d_rows[i], gp[i])
+        else:
+            torch.addcmul(gq[i], r, ek[i], out=gq[i - 1])
+        if d_rows is None:
+            gp[i - 1].add_(gp[i])
+        else:
+            gp[i - 1].addcmul_(d_rows[i], gp[i])
     before_p = gp[0].clone() if d_rows is None else d_rows[0] * gp[0]
     return before_p, torch.addcmul(gq[0], r_rows[0], ek[0])
 
@@ -171,30 +185,29 @@ def _weight_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, grads: _G
     grads.weight_p.addmm_(_flat(tr.act_p[t0:t1]).T, _flat(ws["scaled_q"]))
     grads.weight_p.addmm_(zeta.T, _flat(tr.gate_p[t0:t1]))
     grads.weight_q.addmm_(_flat(tr.act_q[t0:t1]).T, _flat(ws["scaled_p"]), alpha=-1)
-    gated_q = torch.mul(tr.gate[t0:t1], tr.shifted_q[t0:t1], out=ws["sech_q"])
-    grads.weight_q.addmm_(_flat(ws["eta"]).T, _flat(gated_q))
+    grads.weight_q.addmm_(_flat(ws["eta"]).T, _flat(tr.gated_q[t0:t1]))
     torch.mul(tr.gate[t0:t1], ws["eta_k"], out=grads.drive[t0:t1])
     grads.bias_p.add_(zeta.sum(0))
 
 
-def _gate_grads(
-    tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, h: float, damping, grads: _Grads
-) -> None:
-    """The gradients of the gate logits (into ``grads.logits``) and of :math:`\\gamma` (``damping``,
+def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, damping, grads: _Grads) -> None:
+    r"""The gradients of the gate logits (into ``grads.logits``) and of :math:`\gamma` (``damping``,
     (n,)) of steps ``t0 .. t1 - 1``. Uses the loop's scratch rows."""
     gq, gp, gate = ws["grad_q"], ws["grad_p"], tr.gate[t0:t1]
-    # r enters four times: h r (b K_p), r p' inside b, -h r (a K_q), r (q + u) inside a
-    g_gate = torch.mul(gq, tr.drift[t0:t1], out=ws["hr"])
-    g_gate.sub_(torch.mul(gp, tr.kick[t0:t1], out=ws["sech_q"])).mul_(h)
-    g_gate.addcmul_(tr.p[t0 + 1 : t1 + 1], ws["zeta_k"]).addcmul_(tr.shifted_q[t0:t1], ws["eta_k"])
-    # r = sigmoid(z): dr/dz = r (1 - r); d = exp(-gamma r^4): dd/dz = -4 gamma d r^4 (1 - r)
-    logits = grads.logits[t0:t1].copy_(g_gate)
+    p, q = tr.p[t0 : t1 + 1], tr.q[t0 : t1 + 1]
+    # r times dL/dr: r enters four times, and where it scales the step its product is the step's
+    # change, h r (b K_p) = q' - q and -h r (a K_q) = p' - d p
+    start = p[:-1] if tr.decay is None else torch.mul(tr.decay[t0:t1], p[:-1], out=ws["sech_p"])
+    g_gate = torch.sub(q[1:], q[:-1], out=ws["hr"]).mul_(gq)
+    g_gate.addcmul_(gp, torch.sub(p[1:], start, out=ws["sech_q"]))
+    g_gate.addcmul_(tr.gate_p[t0:t1], ws["zeta_k"]).addcmul_(tr.gated_q[t0:t1], ws["eta_k"])
     if tr.decay is not None:
-        friction = torch.mul(gp, tr.p[t0:t1], out=ws["sech_q"]).mul_(tr.decay[t0:t1])
-        friction.mul_(torch.mul(gate, gate, out=ws["sech_p"]).mul_(gate))  # gp p d r^3
-        grads.damping.sub_(_flat(torch.mul(friction, gate, out=ws["sech_p"])).sum(0))
-        logits.addcmul_(friction, damping, value=-4.0)
-    logits.mul_(gate).mul_(torch.neg(gate, out=ws["sech_p"]).add_(1.0))
+        # d = exp(-gamma r^4): r dd/dr = -4 gamma r^4 d, dd/dgamma = -r^4 d
+        friction = torch.mul(gp, start, out=ws["sech_q"]).mul_(torch.square(gate, out=ws["sech_p"]).square_())
+        grads.damping.sub_(_flat(friction).sum(0))
+        g_gate.addcmul_(friction, damping, value=-4.0)
+    # r = sigmoid(z): dr/dz = r (1 - r), and g_gate already holds the factor r
+    torch.mul(g_gate, torch.sub(1.0, gate, out=ws["sech_p"]), out=grads.logits[t0:t1])
 
 
 def _backward_segment(tr, ws, weights, t0, t1, h, damping, seeds, carry, grads) -> tuple[Tensor, Tensor]:
@@ -213,9 +226,9 @@ def _backward_segment(tr, ws, weights, t0, t1, h, damping, seeds, carry, grads) 
     one = torch.ones((), dtype=a.dtype, device=a.device)
     torch.addcmul(-one, a, a, out=rows["sech_q"])  # the kick's sign folded in: a^2 - 1
     torch.addcmul(one, b, b, value=-1, out=rows["sech_p"])
-    before = _backward_loop(rows, tr, *weights, t0, t1)
+    before = _backward_loop(rows, tr, *weights, t0, t1, seeds[1] is not None)
     _weight_grads(tr, rows, t0, t1, grads)
-    _gate_grads(tr, rows, t0, t1, h, damping, grads)
+    _gate_grads(tr, rows, t0, t1, damping, grads)
     return before
 
 
