@@ -38,7 +38,7 @@ def test_a_step_is_the_equations_written_by_hand():
     u = x @ cell.weight_ih[:N].T + cell.bias_ih[:N]
     r = torch.sigmoid(x @ cell.weight_ih[N:].T + cell.bias_ih[N:])
     omega = _frequency_bound(cell)
-    h = min(0.7, 1 / omega)  # the guard: h omega <= 1
+    h = min(0.7, 1.5 / omega)  # the guard: h omega <= 1.5
     p1 = torch.exp(-torch.log1p(torch.exp(cell.damping_raw)) * r**4) * p
     p1 = p1 - h * r * (torch.tanh((r * (q + u)) @ cell.weight_q.T) @ cell.weight_q)
     q1 = q + h * r * (torch.tanh((r * p1) @ cell.weight_p.T + cell.bias_p) @ cell.weight_p)
@@ -71,10 +71,11 @@ def test_damping_contracts_volume_by_the_product_of_the_time_warped_decays():
 
 
 def test_the_friction_bounds_zeta_theta_squared_and_meets_it_at_the_guards_limit():
-    # a step rotates unit i by at most theta = h omega r^2 <= r^2 (the guard: h omega <= 1); the
-    # friction e^{-zeta r^4} is at least e^{-zeta theta^2}, with equality once the guard acts,
-    # whatever the scale of K
+    # a step rotates unit i by at most theta = h omega r^2 <= c r^2 (the guard: h omega <= c); the
+    # friction e^{-zeta r^4} is at least e^{-zeta theta^2 / c^2}, with equality once the guard
+    # acts, whatever the scale of K
     x = torch.randn(B, IN, dtype=F64)
+    c = SelectiveHamiltonianCell.STABILITY_MARGIN
     for scale, guard_acts in ((0.5, False), (4.0, True)):
         cell = _cell(damping=0.3)
         with torch.no_grad():
@@ -87,9 +88,9 @@ def test_the_friction_bounds_zeta_theta_squared_and_meets_it_at_the_guards_limit
         torch.testing.assert_close(rate, 0.3 * r**4, rtol=1e-9, atol=0)
         assert (h < 0.5) == guard_acts
         if guard_acts:
-            torch.testing.assert_close(rate, 0.3 * theta**2, rtol=1e-9, atol=0)
+            torch.testing.assert_close(rate, 0.3 * (theta / c) ** 2, rtol=1e-9, atol=0)
         else:
-            assert bool((rate > 0.3 * theta**2 * 1.5).all())
+            assert bool((rate > 0.3 * (theta / c) ** 2 * 1.5).all())
 
 
 def test_a_closed_gate_freezes_the_unit_and_keeps_out_its_input():

@@ -76,7 +76,7 @@ def test_the_stability_guard_holds_after_adam_grows_every_weight():
     assert grown > 100  # the optimizer did grow the frequencies a hundredfold
     h = cell.step_size().item()
     assert h * grown <= cell.STABILITY_MARGIN * (1 + 1e-12)
-    # linearised at rest (zero biases, tanh' = 1), symplectic Euler with h * omega <= 1 has
+    # linearised at rest (zero biases, tanh' = 1), symplectic Euler with h * omega < 2 has
     # eigenvalues on the unit circle: the grown cell neither explodes nor decays
     with torch.no_grad():
         cell.bias_p.zero_()
