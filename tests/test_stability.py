@@ -61,28 +61,38 @@ def test_timescales_are_drawn_log_uniform_in_their_range_and_none_drops_them():
         HamiltonianCell(IN, N, timescales=(0.5, 0.1))
 
 
+def _grow_with_adam(cell: HamiltonianCell, reward) -> float:
+    """200 steps of Adam at lr 0.1 on the loss ``-reward(cell)``; the grown frequency bound."""
+    optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
+    for _ in range(200):
+        loss = -reward(cell)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return cell.frequency_bound().item()
+
+
+def _assert_guarded_and_on_the_unit_circle(cell: HamiltonianCell, grown: float, u: torch.Tensor) -> None:
+    """h * omega_hat is at most the margin, and the step linearised at rest (zero biases, tanh' = 1)
+    with projected input ``u`` has its eigenvalues on the unit circle: symplectic Euler with
+    h * omega < 2 neither explodes nor decays."""
+    h = cell.step_size().item()
+    assert h * grown <= cell.STABILITY_MARGIN * (1 + 1e-12)
+    with torch.no_grad():
+        cell.bias_p.zero_()
+    M = _step_jacobian(cell, u, torch.zeros(2 * N, dtype=F64))
+    moduli = torch.linalg.eigvals(M).abs()
+    torch.testing.assert_close(moduli, torch.ones_like(moduli), rtol=0, atol=1e-8)
+
+
 def test_the_stability_guard_holds_after_adam_grows_every_weight():
     """200 steps of Adam at lr 0.1 on a loss that rewards large K and fast timescales: the step
     shrinks so that h * omega_hat stays at the margin, and the linearised step stays stable."""
     torch.manual_seed(0)
     cell = HamiltonianCell(IN, N, damping=None, dtype=F64)
-    optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
-    for _ in range(200):
-        loss = -(cell.weight_q.norm() + cell.weight_p.norm() + cell.log_timescale.sum())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    grown = cell.frequency_bound().item()
+    grown = _grow_with_adam(cell, lambda c: c.weight_q.norm() + c.weight_p.norm() + c.log_timescale.sum())
     assert grown > 100  # the optimizer did grow the frequencies a hundredfold
-    h = cell.step_size().item()
-    assert h * grown <= cell.STABILITY_MARGIN * (1 + 1e-12)
-    # linearised at rest (zero biases, tanh' = 1), symplectic Euler with h * omega < 2 has
-    # eigenvalues on the unit circle: the grown cell neither explodes nor decays
-    with torch.no_grad():
-        cell.bias_p.zero_()
-    M = _step_jacobian(cell, torch.zeros(N, dtype=F64), torch.zeros(2 * N, dtype=F64))
-    moduli = torch.linalg.eigvals(M).abs()
-    torch.testing.assert_close(moduli, torch.ones_like(moduli), rtol=0, atol=1e-8)
+    _assert_guarded_and_on_the_unit_circle(cell, grown, torch.zeros(N, dtype=F64))
 
 
 def test_the_stability_guard_holds_for_the_selective_cell_after_adam_grows_k_and_opens_its_gates():
@@ -90,22 +100,10 @@ def test_the_stability_guard_holds_for_the_selective_cell_after_adam_grows_k_and
     keeps h * omega_hat at the margin, and the linearised step with fully open gates stays stable."""
     torch.manual_seed(0)
     cell = SelectiveHamiltonianCell(IN, N, damping=None, dtype=F64)
-    optimizer = torch.optim.Adam(cell.parameters(), lr=0.1)
-    for _ in range(200):
-        loss = -(cell.weight_q.norm() + cell.weight_p.norm() + cell.bias_ih[N:].sum())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    grown = cell.frequency_bound().item()
+    grown = _grow_with_adam(cell, lambda c: c.weight_q.norm() + c.weight_p.norm() + c.bias_ih[N:].sum())
     assert grown > 100 and cell.bias_ih[N:].min() > 15  # K grew a hundredfold, every gate is open
-    h = cell.step_size().item()
-    assert h * grown <= cell.STABILITY_MARGIN * (1 + 1e-12)
-    with torch.no_grad():
-        cell.bias_p.zero_()
     open_gates = torch.cat([torch.zeros(N, dtype=F64), torch.full((N,), 40.0, dtype=F64)])
-    M = _step_jacobian(cell, open_gates, torch.zeros(2 * N, dtype=F64))
-    moduli = torch.linalg.eigvals(M).abs()
-    torch.testing.assert_close(moduli, torch.ones_like(moduli), rtol=0, atol=1e-8)
+    _assert_guarded_and_on_the_unit_circle(cell, grown, open_gates)
 
 
 def _gradient_ratios(rnn: HamiltonianRNN, x: torch.Tensor, times: list[int]) -> list[float]:
