@@ -1,7 +1,10 @@
-"""The selective cell's fast scan equals autograd through its plain step loop, in value and in every
-gradient, to round-off (float64), and the layer runs it exactly when it should."""
+"""The selective cell's fast scan, in both implementations (PyTorch ops and the compiled loops),
+equals autograd through its plain step loop, in value and in every gradient, to round-off (float64),
+and the layer runs it exactly when it should."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -10,12 +13,21 @@ from torch.nn import functional as F
 from hrnn import SelectiveHamiltonianRNN
 from hrnn.cells import ACCELERATIONS, SelectiveHamiltonianCell
 from hrnn.fast import selective_scan
+from hrnn.fast.selective import IMPLEMENTATIONS, compiled_available
 from hrnn.integrators import SCHEMES
 
 F64 = torch.float64
 T, B, N, D = 11, 3, 4, 2
 CHUNK = 4  # three segments, the last one shorter: T is a multiple of no chunk used here
 LOSSES = {"all": (True, True, True), "outputs": (True, False, False), "final_state": (False, True, True)}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def implementation(request) -> str:
+    """Each implementation; the compiled one is skipped where it cannot be built, except under CI."""
+    if request.param == "compiled" and not compiled_available(torch.zeros(1)) and not os.environ.get("CI"):
+        pytest.skip("the compiled selective scan could not be built here")
+    return request.param
 
 
 def _cell(damping: float | None, emit: str) -> SelectiveHamiltonianCell:
@@ -28,11 +40,11 @@ def _cell(damping: float | None, emit: str) -> SelectiveHamiltonianCell:
     return cell
 
 
-def _scan(cell: SelectiveHamiltonianCell, x, p0, q0, chunk: int):
+def _scan(cell: SelectiveHamiltonianCell, x, p0, q0, chunk: int, implementation: str | None = None):
     damping = None if cell.damping_raw is None else F.softplus(cell.damping_raw)
     return selective_scan(
         cell.project(x), p0, q0, cell.weight_q, cell.weight_p, cell.bias_p, cell.step_size(),
-        damping=damping, emit=cell.emit, chunk=chunk,
+        damping=damping, emit=cell.emit, chunk=chunk, implementation=implementation,
     )  # fmt: skip
 
 
@@ -52,13 +64,15 @@ def _assert_close(actual, expected, tol=1e-10) -> None:
 @pytest.mark.parametrize("chunk", [CHUNK, 64])
 @pytest.mark.parametrize("emit", ["q", "p"])
 @pytest.mark.parametrize("damping", [0.3, None], ids=["damped", "undamped"])
-def test_scan_equals_the_plain_step_loop_in_value_and_every_gradient(damping, emit, chunk, loss):
+def test_scan_equals_the_plain_step_loop_in_value_and_every_gradient(
+    damping, emit, chunk, loss, implementation
+):
     cell = _cell(damping, emit)
     x = torch.randn(T, B, D, dtype=F64, requires_grad=True)
     p0, q0 = (torch.randn(B, N, dtype=F64, requires_grad=True) for _ in range(2))
     leaves = [x, p0, q0, *cell.parameters()]
     expected = cell.forward_sequence(x, p0, q0)  # fast=False: the loop over cell.step
-    actual = _scan(cell, x, p0, q0, chunk)
+    actual = _scan(cell, x, p0, q0, chunk, implementation)
     _assert_close(actual, expected)
     assert not torch.equal(actual[1], p0) and not torch.equal(actual[2], q0)
     grads = [torch.autograd.grad(_weighted_loss(r, LOSSES[loss]), leaves) for r in (actual, expected)]
@@ -67,7 +81,7 @@ def test_scan_equals_the_plain_step_loop_in_value_and_every_gradient(damping, em
 
 
 @pytest.mark.parametrize("damped", [True, False])
-def test_scan_passes_gradcheck(damped):
+def test_scan_passes_gradcheck(damped, implementation):
     n = 3
     shapes = [(5, 2, 2 * n), (2, n), (2, n), (n, n), (n, n), (n,), (n,)]
     inputs = [torch.randn(s, dtype=F64, requires_grad=True) for s in shapes]
@@ -76,19 +90,62 @@ def test_scan_passes_gradcheck(damped):
 
     def f(u, p0, q0, kq, kp, bp, zeta):
         damping = None if zeta is None else F.softplus(zeta)
-        return selective_scan(3 * u, p0, q0, kq, kp, bp, 0.4, damping=damping, emit="p", chunk=2)
+        return selective_scan(
+            3 * u, p0, q0, kq, kp, bp, 0.4, damping=damping, emit="p", chunk=2, implementation=implementation
+        )
 
     assert torch.autograd.gradcheck(f, tuple(inputs))
 
 
-def test_scan_under_no_grad_keeps_no_graph_and_gives_the_same_values():
+def test_scan_under_no_grad_keeps_no_graph_and_gives_the_same_values(implementation):
     cell = _cell(0.3, "q")
     x, p0 = torch.randn(T, B, D, dtype=F64), torch.randn(B, N, dtype=F64)
     with torch.no_grad():
-        actual = _scan(cell, x, p0, p0, CHUNK)
+        actual = _scan(cell, x, p0, p0, CHUNK, implementation)
         expected = cell.forward_sequence(x, p0, p0)
     assert all(t.grad_fn is None for t in actual)
     _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("damping", [0.3, None], ids=["damped", "undamped"])
+def test_the_implementations_agree_in_float32_at_trained_sizes(damping):
+    """float32, 48 units, a non-contiguous u and a transposed output cotangent, as in a batch-first
+    model: the compiled loops and the PyTorch ops agree to float32 round-off."""
+    if not compiled_available(torch.zeros(1)) and not os.environ.get("CI"):
+        pytest.skip("the compiled selective scan could not be built here")
+    n, steps, batch = 48, 70, 5
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(batch, steps, 2 * n, generator=gen).transpose(0, 1).requires_grad_()
+    kq, kp = (torch.linalg.qr(torch.randn(n, n, generator=gen))[0].requires_grad_() for _ in range(2))
+    bp, p0, q0 = (0.1 * torch.randn(s, generator=gen) for s in ((n,), (batch, n), (batch, n)))
+    zeta = None if damping is None else torch.full((n,), damping, requires_grad=True)
+    weights = torch.randn(batch, steps, n, generator=gen).transpose(0, 1)
+    leaves = [t for t in (u, kq, kp, zeta) if t is not None]
+    results = []
+    for name in ("torch", "compiled"):
+        out, p_t, q_t = selective_scan(
+            u, p0, q0, kq, kp, bp, 0.5, damping=zeta, emit="p", implementation=name
+        )
+        loss = (out * weights).sum() + p_t.sum() - q_t.square().sum()
+        results.append((out, p_t, q_t, *torch.autograd.grad(loss, leaves)))
+    for actual, expected in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=2e-5, atol=2e-5 * expected.abs().max().item())
+
+
+def test_the_compiled_loops_refuse_what_they_cannot_run():
+    args = _arguments(
+        u=torch.randn(T, B, 2 * N, dtype=torch.bfloat16), p0=torch.zeros(B, N, dtype=torch.bfloat16)
+    )
+    args.update(
+        q0=args["p0"],
+        weight_q=torch.eye(N, dtype=torch.bfloat16),
+        weight_p=torch.eye(N, dtype=torch.bfloat16),
+    )
+    args["bias_p"] = torch.zeros(N, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float32/float64 tensors on the CPU"):
+        selective_scan(**args, implementation="compiled")
+    with pytest.raises(ValueError, match="implementation"):
+        selective_scan(**_arguments(), implementation="cuda")
 
 
 def _runs_the_scan(output: torch.Tensor) -> bool:

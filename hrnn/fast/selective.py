@@ -8,9 +8,15 @@ friction :math:`d_t = e^{-\gamma r_t^4}` (:math:`\gamma` the rate ``damping``):
     a_t = \tanh((r_t (q_t + u_t)) K_q^\top),\quad p_{t+1} = d_t p_t - h\,r_t\,(a_t K_q),\quad
     b_t = \tanh((r_t p_{t+1}) K_p^\top + b_p),\quad q_{t+1} = q_t + h\,r_t\,(b_t K_p).
 
-:math:`r_t` and :math:`d_t` are computed for the whole sequence before the loop, which is then four
-matrix multiplies a step. The backward loop carries only the state cotangents: with
-:math:`\bar q_{t+1}` complete,
+The loop runs on :math:`\tanh(x) = 2\sigma(2x) - 1` (torch's CPU sigmoid is several times faster
+than its tanh): the factor 2 rides in the weights, :math:`\sigma_a = \sigma((r(q + u))(2K_q)^\top)`,
+and the minus one in the next product's bias, :math:`a K_q = \sigma_a (2K_q) - \mathbf 1^\top K_q`.
+:math:`r_t`, :math:`d_t` and :math:`r_t u_t` are computed a segment at a time into buffers that stay
+in cache, so the step is four matrix multiplies and seven elementwise ops. The forward keeps only the
+states and :math:`\sigma_a, \sigma_b` (T, B, n) besides ``u``; the backward rebuilds the rest a
+segment at a time, which costs less than first touching the memory to store it. Its loop carries
+only the state cotangents: with :math:`\bar q_{t+1}` complete and
+:math:`1 - b_t^2 = 4\sigma_b(1 - \sigma_b)`, :math:`a_t^2 - 1 = -4\sigma_a(1 - \sigma_a)`,
 
 .. math::
     \zeta_t = ((h r_t \bar q_{t+1}) K_p^\top)(1 - b_t^2),\quad
@@ -25,6 +31,12 @@ Everything else is computed a segment at a time after it: the gradients of :math
 in a few large matrix multiplies, and those of the gate logits and of :math:`\gamma` from the
 cotangents of :math:`r_t` (which enters the step four times) and of :math:`d_t`
 (:math:`\bar d_t = \bar p_{t+1} p_t`).
+
+Two implementations of the loops fill the same trace (:data:`IMPLEMENTATIONS`): PyTorch ops, for any
+device and dtype, and C++ loops (``csrc/selective.cpp``, CPU float32/float64, compiled on first
+use by :mod:`hrnn.fast._kernel`), which run a step as its four matrix multiplies and a few fused
+passes over its (B, n) rows, the gate terms per step instead of per segment. The compiled loops
+are the default where they are available; both equal the plain step loop (tests).
 """
 
 from __future__ import annotations
@@ -39,8 +51,9 @@ from torch.autograd.function import once_differentiable
 from ..integrators import validate_step_size
 from ..validation import lookup
 from ._common import DEFAULT_CHUNK, _check_tensor, check_chunk, segment_bounds, validate_batched_state
+from ._kernel import selective_kernel
 
-__all__ = ["selective_scan"]
+__all__ = ["IMPLEMENTATIONS", "compiled_available", "selective_scan"]
 
 #: what the scan can emit at every step (a field of :class:`_Trace`, each step's row after the first)
 _EMITTED: dict[str, str] = {"p": "the momentum", "q": "the position"}
@@ -48,80 +61,111 @@ _EMITTED: dict[str, str] = {"p": "the momentum", "q": "the position"}
 
 @dataclass(frozen=True)
 class _Trace:
-    """Everything the forward keeps for the backward: :math:`r_t` and :math:`d_t` (None undamped);
-    the states (T + 1, B, n), row 0 the initial one; per step (T, B, n) the activations and the two
-    gated vectors the step multiplies by the weights."""
+    """Everything the forward keeps for the backward: the projected input ``u`` (T, B, 2n); the
+    states (T + 1, B, n), row 0 the initial one; per step (T, B, n) :math:`\\sigma_a, \\sigma_b`, the
+    sigmoids whose :math:`2\\sigma - 1` are the activations :math:`a_t, b_t`."""
 
-    gate: Tensor
-    decay: Tensor | None
+    u: Tensor
     p: Tensor
     q: Tensor
-    act_q: Tensor  # a_t
-    act_p: Tensor  # b_t
-    gated_q: Tensor  # r_t (q_t + u_t)
-    gate_p: Tensor  # r_t p_{t+1}
+    sig_q: Tensor
+    sig_p: Tensor
 
-    def tensors(self) -> tuple[Tensor | None, ...]:
+    def tensors(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
-def _tanh_of_half_(x: Tensor, one: Tensor) -> Tensor:
-    r""":math:`\tanh(x / 2) = 2 \sigma(x) - 1` in place, ``one`` a 0-dim tensor of x's dtype: torch's
-    CPU sigmoid is several times faster than its tanh, the factor 2 of x rides in the weights of the
-    matrix multiply before it, and a Python scalar would cost a conversion each call."""
-    return torch.add(x.sigmoid_(), x, out=x).sub_(one)
+@dataclass(frozen=True)
+class _Selection:
+    """A segment's (rows, B, n) gate :math:`r_t`, friction :math:`d_t` (None undamped) and gated drive
+    :math:`r_t u_t`."""
+
+    gate: Tensor
+    decay: Tensor | None
+    drive: Tensor
 
 
-def _selection(u: Tensor, damping: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    r""":math:`r = \sigma(z)` and :math:`d = e^{-\gamma r^4}` (or None), each (T, B, n)."""
-    gate = torch.sigmoid(u[..., u.shape[-1] // 2 :])
+def _select(u: Tensor, damping: Tensor | None, out: dict[str, Tensor]) -> _Selection:
+    """The selection of a segment of the projected input ``u`` (rows, B, 2n), written into the first
+    rows of ``out``'s ``gate``, ``decay`` and ``drive`` buffers."""
+    m, n = u.shape[0], u.shape[-1] // 2
+    gate = torch.sigmoid(u[..., n:], out=out["gate"][:m])
+    drive = torch.mul(gate, u[..., :n], out=out["drive"][:m])
     if damping is None:
-        return gate, None
-    return gate, gate.square().square_().mul_(-damping).exp_()  # in place: one (T, B, n) tensor
+        return _Selection(gate, None, drive)
+    decay = torch.square(gate, out=out["decay"][:m]).square_().mul_(-damping).exp_()
+    return _Selection(gate, decay, drive)
 
 
-def _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h: float) -> _Trace:
-    """Run every step of the projected input ``u`` (T, B, 2n)."""
+def _buffers(names: tuple[str, ...], rows: int, like: Tensor) -> dict[str, Tensor]:
+    return {name: like.new_empty(rows, *like.shape) for name in names}
+
+
+def _new_trace(u: Tensor, p0: Tensor, q0: Tensor, keep: bool) -> _Trace:
+    """The forward's trace for ``u`` (T, B, 2n), row 0 of the states set; unless ``keep`` (no backward
+    will run), each sigmoid has one scratch row."""
     (seq_len, batch, n), like = (u.shape[0], *p0.shape), p0
-    gate, decay = _selection(u, damping)
     states = {name: like.new_empty(seq_len + 1, batch, n) for name in ("p", "q")}
-    steps = {f.name: like.new_empty(seq_len, batch, n) for f in fields(_Trace)[4:]}
-    tr = _Trace(gate, decay, **states, **steps)
+    sigmoids = {name: like.new_empty(seq_len if keep else 1, batch, n) for name in ("sig_q", "sig_p")}
+    tr = _Trace(u, **states, **sigmoids)
     tr.p[0], tr.q[0] = p0, q0
-    # the step runs on 2 K and 2 b_p (for _tanh_of_half_), with h / 2 for the products a K = (a 2K) / 2
-    kq2, kp2, bias2, half_h = 2.0 * weight_q, 2.0 * weight_p, 2.0 * bias_p, h / 2
-    kq2_t, kp2_t = kq2.T, kp2.T
-    shifted, kick, drift, damped = (like.new_empty(batch, n) for _ in range(4))
-    one = like.new_ones(())
-    p, q = tr.p.unbind(0), tr.q.unbind(0)
-    per_step = (gate, tr.act_q, tr.act_p, tr.gated_q, tr.gate_p, u[..., :n])
-    rows = zip(
-        *(x.unbind(0) for x in per_step),
-        decay.unbind(0) if decay is not None else [None] * seq_len,
-        strict=True,
-    )
-    for t, (r, a, b, rq, rp, ud, d) in enumerate(rows):
-        _tanh_of_half_(torch.mm(torch.mul(r, torch.add(q[t], ud, out=shifted), out=rq), kq2_t, out=a), one)
-        torch.mm(a, kq2, out=kick)
-        start = p[t] if d is None else torch.mul(d, p[t], out=damped)
-        torch.addcmul(start, r, kick, value=-half_h, out=p[t + 1])
-        _tanh_of_half_(torch.addmm(bias2, torch.mul(r, p[t + 1], out=rp), kp2_t, out=b), one)
-        torch.mm(b, kp2, out=drift)
-        torch.addcmul(q[t], r, drift, value=half_h, out=q[t + 1])
     return tr
 
 
-class _Workspace:
-    """The backward's per-segment buffers (rows, B, n), allocated once for the longest segment."""
+def _forward_torch(tr: _Trace, weight_q, weight_p, bias_p, damping, h: float, chunk: int) -> None:
+    """Run every step of ``tr.u``, filling the trace, in PyTorch ops."""
+    seq_len, (batch, n), like = tr.u.shape[0], tr.p.shape[1:], tr.p[0]
+    kq2, kp2, bias2 = 2.0 * weight_q, 2.0 * weight_p, 2.0 * bias_p
+    kq2_t, kp2_t, minus_sum_q, minus_sum_p = kq2.T, kp2.T, -weight_q.sum(0), -weight_p.sum(0)
+    gated, pre, product, damped = (like.new_empty(batch, n) for _ in range(4))
+    p, q = tr.p.unbind(0), tr.q.unbind(0)
+    sig_q, sig_p = (s.unbind(0) if len(s) == seq_len else [s[0]] * seq_len for s in (tr.sig_q, tr.sig_p))
+    sel_buffers = _buffers(("gate", "decay", "drive"), min(chunk, seq_len), like)
+    for t0, t1 in pairwise(segment_bounds(seq_len, chunk)):
+        sel = _select(tr.u[t0:t1], damping, sel_buffers)
+        decay = [None] * (t1 - t0) if sel.decay is None else sel.decay.unbind(0)
+        for t, r, d, ru in zip(range(t0, t1), sel.gate.unbind(0), decay, sel.drive.unbind(0), strict=True):
+            torch.sigmoid(torch.mm(torch.addcmul(ru, r, q[t], out=gated), kq2_t, out=pre), out=sig_q[t])
+            torch.addmm(minus_sum_q, sig_q[t], kq2, out=product)  # a K_q
+            start = p[t] if d is None else torch.mul(d, p[t], out=damped)
+            torch.addcmul(start, r, product, value=-h, out=p[t + 1])
+            torch.sigmoid(torch.addmm(bias2, torch.mul(r, p[t + 1], out=gated), kp2_t, out=pre), out=sig_p[t])
+            torch.addmm(minus_sum_p, sig_p[t], kp2, out=product)  # b K_p
+            torch.addcmul(q[t], r, product, value=h, out=q[t + 1])
 
-    names = tuple("grad_q grad_p scaled_q scaled_p zeta eta zeta_k eta_k sech_q sech_p hr".split())
+
+def _forward_compiled(tr: _Trace, weight_q, weight_p, bias_p, damping, h: float, chunk: int) -> None:
+    """The same in one call of the compiled loops (``csrc/selective.cpp``; ``u`` contiguous)."""
+    selective_kernel().forward(tr.u, weight_q, weight_p, bias_p, damping, h, tr.p, tr.q, tr.sig_q, tr.sig_p)
+
+
+#: the backward loop's per-step rows: cotangents, their scaled copies, products and factors
+_LOOP_ROWS = (
+    "grad_q",
+    "grad_p",
+    "scaled_q",
+    "scaled_p",
+    "zeta",
+    "eta",
+    "zeta_k",
+    "eta_k",
+    "sech_q",
+    "sech_p",
+    "hr",
+)
+
+
+class _Workspace:
+    """The backward's per-segment buffers (rows, B, n), allocated once for the longest segment: the
+    loop's rows, the rebuilt selection and :math:`r_t p_{t+1}`."""
+
+    names = (*_LOOP_ROWS, "gate", "decay", "drive", "gate_p")
 
     def __init__(self, rows: int, like: Tensor) -> None:
-        for name in self.names:
-            setattr(self, name, like.new_empty(rows, *like.shape))
+        self.buffers = _buffers(self.names, rows, like)
 
     def rows(self, m: int) -> dict[str, Tensor]:
-        return {name: getattr(self, name)[:m] for name in self.names}
+        return {name: buffer[:m] for name, buffer in self.buffers.items()}
 
 
 @dataclass
@@ -144,18 +188,18 @@ class _Grads:
         return self.u[..., self.u.shape[-1] // 2 :]
 
 
-def _backward_loop(
-    ws, tr: _Trace, weight_q, weight_p, t0: int, t1: int, seeded_q: bool
-) -> tuple[Tensor, Tensor]:
-    """Propagate the state cotangents through steps ``t1 - 1`` down to ``t0``: on entry the workspace's
-    rows hold each step's output cotangents; its ``eta`` rows receive :math:`\\eta_t`. Returns the
-    cotangents (p, q) of the state before the segment. Unless q is ``seeded_q`` (emitted), its rows
-    before the last are zero and the loop writes them instead of adding (one op less a step)."""
-    kq_t, kp_t = weight_q.T, weight_p.T
-    gq, gp, tq, tp, zeta, eta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _Workspace.names)
-    r_rows = tr.gate[t0:t1].unbind(0)
-    d_rows = None if tr.decay is None else tr.decay[t0:t1].unbind(0)
-    for i in range(t1 - t0 - 1, -1, -1):
+def _backward_loop(ws, sel: _Selection, weights, seeded_q: bool) -> tuple[Tensor, Tensor]:
+    """Propagate the state cotangents through a segment's steps, last to first: on entry the
+    workspace's rows hold each step's output cotangents, ``sech_q``, ``sech_p`` hold
+    :math:`\\sigma(1 - \\sigma)` and ``weights`` are :math:`(K_q, K_p, -4K_q^\\top, 4K_p^\\top)` (the
+    factors of :math:`a^2 - 1` and :math:`1 - b^2`); its ``eta`` rows receive :math:`\\eta_t`. Returns
+    the cotangents (p, q) of the state before the segment. Unless q is ``seeded_q`` (emitted), its
+    rows before the last are zero and the loop writes them instead of adding (one op less a step)."""
+    weight_q, weight_p, kq_t, kp_t = weights
+    gq, gp, tq, tp, zeta, eta, zk, ek, sq, sp, hr = (ws[k].unbind(0) for k in _LOOP_ROWS)
+    r_rows = sel.gate.unbind(0)
+    d_rows = None if sel.decay is None else sel.decay.unbind(0)
+    for i in range(len(r_rows) - 1, -1, -1):
         r = r_rows[i]
         z = torch.mm(torch.mul(gq[i], hr[i], out=tq[i]), kp_t, out=zeta[i]).mul_(sp[i])
         gp[i].addcmul_(r, torch.mm(z, weight_p, out=zk[i]))  # gp[i] is now complete
@@ -179,29 +223,32 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _weight_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, grads: _Grads) -> None:
-    """Add the gradients of :math:`K_q, K_p, b_p` of steps ``t0 .. t1 - 1``."""
-    zeta = _flat(ws["zeta"])
-    grads.weight_p.addmm_(_flat(tr.act_p[t0:t1]).T, _flat(ws["scaled_q"]))
-    grads.weight_p.addmm_(zeta.T, _flat(tr.gate_p[t0:t1]))
-    grads.weight_q.addmm_(_flat(tr.act_q[t0:t1]).T, _flat(ws["scaled_p"]), alpha=-1)
-    grads.weight_q.addmm_(_flat(ws["eta"]).T, _flat(tr.gated_q[t0:t1]))
-    torch.mul(tr.gate[t0:t1], ws["eta_k"], out=grads.drive[t0:t1])
+def _weight_grads(
+    tr: _Trace, ws: dict[str, Tensor], sel: _Selection, t0: int, t1: int, grads: _Grads
+) -> None:
+    """Add the gradients of :math:`K_q, K_p, b_p` of steps ``t0 .. t1 - 1`` and write the drive's.
+    With :math:`a = 2\\sigma_a - 1`, :math:`a^\\top S = 2\\sigma_a^\\top S - \\mathbf 1^\\top S`."""
+    zeta, scaled_q, scaled_p = _flat(ws["zeta"]), _flat(ws["scaled_q"]), _flat(ws["scaled_p"])
+    grads.weight_p.addmm_(_flat(tr.sig_p[t0:t1]).T, scaled_q, alpha=2).sub_(scaled_q.sum(0))
+    grads.weight_p.addmm_(zeta.T, _flat(ws["gate_p"]))
+    grads.weight_q.addmm_(_flat(tr.sig_q[t0:t1]).T, scaled_p, alpha=-2).add_(scaled_p.sum(0))
+    grads.weight_q.addmm_(_flat(ws["eta"]).T, _flat(sel.drive))
+    torch.mul(sel.gate, ws["eta_k"], out=grads.drive[t0:t1])
     grads.bias_p.add_(zeta.sum(0))
 
 
-def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, damping, grads: _Grads) -> None:
+def _gate_grads(tr: _Trace, ws: dict[str, Tensor], sel: _Selection, t0, t1, damping, grads: _Grads) -> None:
     r"""The gradients of the gate logits (into ``grads.logits``) and of :math:`\gamma` (``damping``,
     (n,)) of steps ``t0 .. t1 - 1``. Uses the loop's scratch rows."""
-    gq, gp, gate = ws["grad_q"], ws["grad_p"], tr.gate[t0:t1]
+    gq, gp, gate = ws["grad_q"], ws["grad_p"], sel.gate
     p, q = tr.p[t0 : t1 + 1], tr.q[t0 : t1 + 1]
     # r times dL/dr: r enters four times, and where it scales the step its product is the step's
     # change, h r (b K_p) = q' - q and -h r (a K_q) = p' - d p
-    start = p[:-1] if tr.decay is None else torch.mul(tr.decay[t0:t1], p[:-1], out=ws["sech_p"])
+    start = p[:-1] if sel.decay is None else torch.mul(sel.decay, p[:-1], out=ws["sech_p"])
     g_gate = torch.sub(q[1:], q[:-1], out=ws["hr"]).mul_(gq)
     g_gate.addcmul_(gp, torch.sub(p[1:], start, out=ws["sech_q"]))
-    g_gate.addcmul_(tr.gate_p[t0:t1], ws["zeta_k"]).addcmul_(tr.gated_q[t0:t1], ws["eta_k"])
-    if tr.decay is not None:
+    g_gate.addcmul_(ws["gate_p"], ws["zeta_k"]).addcmul_(sel.drive, ws["eta_k"])
+    if sel.decay is not None:
         # d = exp(-gamma r^4): r dd/dr = -4 gamma r^4 d, dd/dgamma = -r^4 d
         friction = torch.mul(gp, start, out=ws["sech_q"]).mul_(torch.square(gate, out=ws["sech_p"]).square_())
         grads.damping.sub_(_flat(friction).sum(0))
@@ -211,33 +258,77 @@ def _gate_grads(tr: _Trace, ws: dict[str, Tensor], t0: int, t1: int, damping, gr
 
 
 def _backward_segment(tr, ws, weights, t0, t1, h, damping, seeds, carry, grads) -> tuple[Tensor, Tensor]:
-    """One segment of the backward: seed its cotangents with the output's (``seeds``, for (p, q), None
-    where not emitted) and, at its last step, the later segment's (``carry``); run the loop; add its
-    gradients."""
+    """One segment of the backward: rebuild its selection and gated states, seed its cotangents with
+    the output's (``seeds``, for (p, q), None where not emitted) and, at its last step, the later
+    segment's (``carry``); run the loop; add its gradients."""
     rows = ws.rows(t1 - t0)
+    sel = _select(tr.u[t0:t1], damping, rows)
     for name, seed, later in zip(("grad_p", "grad_q"), seeds, carry, strict=True):
         if seed is None:
             rows[name].zero_()
         else:
             rows[name].copy_(seed[t0:t1])
         rows[name][-1].add_(later)
-    torch.mul(tr.gate[t0:t1], h, out=rows["hr"])
-    a, b = tr.act_q[t0:t1], tr.act_p[t0:t1]
-    one = torch.ones((), dtype=a.dtype, device=a.device)
-    torch.addcmul(-one, a, a, out=rows["sech_q"])  # the kick's sign folded in: a^2 - 1
-    torch.addcmul(one, b, b, value=-1, out=rows["sech_p"])
-    before = _backward_loop(rows, tr, *weights, t0, t1, seeds[1] is not None)
-    _weight_grads(tr, rows, t0, t1, grads)
-    _gate_grads(tr, rows, t0, t1, damping, grads)
+    torch.mul(sel.gate, h, out=rows["hr"])
+    for sig, sech in ((tr.sig_q[t0:t1], rows["sech_q"]), (tr.sig_p[t0:t1], rows["sech_p"])):
+        torch.addcmul(sig, sig, sig, value=-1, out=sech)  # sigma (1 - sigma)
+    before = _backward_loop(rows, sel, weights, seeds[1] is not None)
+    sel.drive.addcmul_(sel.gate, tr.q[t0:t1])  # now r (q + u), the input of the product with K_q
+    torch.mul(sel.gate, tr.p[t0 + 1 : t1 + 1], out=rows["gate_p"])
+    _weight_grads(tr, rows, sel, t0, t1, grads)
+    _gate_grads(tr, rows, sel, t0, t1, damping, grads)
     return before
+
+
+def _backward_torch(tr, weights, h, damping, chunk, seeds, carry, grads) -> tuple[Tensor, Tensor]:
+    """The backward in PyTorch ops, segment by segment from the last; returns the initial state's
+    cotangents (p, q)."""
+    segments = list(pairwise(segment_bounds(tr.u.shape[0], chunk)))
+    ws = _Workspace(max(t1 - t0 for t0, t1 in segments), tr.p[0])
+    loop_weights = (*weights, -4.0 * weights[0].T, 4.0 * weights[1].T)
+    for t0, t1 in reversed(segments):
+        carry = _backward_segment(tr, ws, loop_weights, t0, t1, h, damping, seeds, carry, grads)
+    return carry
+
+
+def _backward_compiled(tr, weights, h, damping, chunk, seeds, carry, grads) -> tuple[Tensor, Tensor]:
+    """The same in one call of the compiled loops, which update copies of the carries in place."""
+    seed_is_p = seeds[0] is not None
+    gp, gq = (c.clone(memory_format=torch.contiguous_format) for c in carry)
+    no_gamma = grads.weight_q.new_empty(0)
+    selective_kernel().backward(
+        tr.u, *weights, damping, h, tr.p, tr.q, tr.sig_q, tr.sig_p, seeds[0 if seed_is_p else 1], seed_is_p,
+        chunk, gp, gq, grads.u, grads.weight_q, grads.weight_p, grads.bias_p,
+        no_gamma if grads.damping is None else grads.damping,
+    )  # fmt: skip
+    return gp, gq
+
+
+#: how the loops run: name -> (forward, backward), both on the same trace
+IMPLEMENTATIONS = {
+    "torch": (_forward_torch, _backward_torch),
+    "compiled": (_forward_compiled, _backward_compiled),
+}
+
+
+def compiled_available(u: Tensor) -> bool:
+    """Whether the compiled loops can run the scan of ``u``: CPU, float32 or float64, and the
+    extension built (:mod:`hrnn.fast._kernel`)."""
+    return (
+        u.device.type == "cpu"
+        and u.dtype in (torch.float32, torch.float64)
+        and selective_kernel() is not None
+    )
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, p0, q0, weight_q, weight_p, bias_p, damping, h, emit, chunk):
-        tr = _forward(u, p0, q0, weight_q, weight_p, bias_p, damping, h)
-        ctx.h, ctx.emit, ctx.chunk = h, emit, chunk
-        if any(ctx.needs_input_grad):
+    def forward(ctx, u, p0, q0, weight_q, weight_p, bias_p, damping, h, emit, chunk, implementation):
+        keep = any(ctx.needs_input_grad)
+        tr = _new_trace(u, p0, q0, keep)
+        IMPLEMENTATIONS[implementation][0](tr, weight_q, weight_p, bias_p, damping, h, chunk)
+        ctx.h, ctx.emit, ctx.chunk, ctx.implementation = h, emit, chunk, implementation
+        if keep:
             ctx.save_for_backward(weight_q, weight_p, damping, *tr.tensors())
         return getattr(tr, emit)[1:], tr.p[-1].clone(), tr.q[-1].clone()
 
@@ -245,21 +336,20 @@ class _SelectiveScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, grad_p, grad_q):
         weight_q, weight_p, damping, *saved = ctx.saved_tensors
-        tr, h = _Trace(*saved), ctx.h
-        (seq_len, batch, n), like = tr.gate.shape, tr.gate[0]
+        tr = _Trace(*saved)
+        (seq_len, batch, n), like = tr.sig_q.shape, tr.p[0]
         grads = _Grads(
             like.new_empty(seq_len, batch, 2 * n), torch.zeros_like(weight_q), torch.zeros_like(weight_p),
             torch.zeros_like(weight_p[0]), None if damping is None else torch.zeros_like(damping),
         )  # fmt: skip
         seeds = (grad_out, None) if ctx.emit == "p" else (None, grad_out)
         carry = tuple(torch.zeros_like(like) if g is None else g for g in (grad_p, grad_q))
-        segments = list(pairwise(segment_bounds(seq_len, ctx.chunk)))
-        ws = _Workspace(max(t1 - t0 for t0, t1 in segments), like)
-        for t0, t1 in reversed(segments):
-            carry = _backward_segment(tr, ws, (weight_q, weight_p), t0, t1, h, damping, seeds, carry, grads)
+        backward = IMPLEMENTATIONS[ctx.implementation][1]
+        carry = backward(tr, (weight_q, weight_p), ctx.h, damping, ctx.chunk, seeds, carry, grads)
         result = (grads.u, *carry, grads.weight_q, grads.weight_p, grads.bias_p, grads.damping)
         return (
             *(g if need else None for g, need in zip(result, ctx.needs_input_grad[:7], strict=True)),
+            None,
             None,
             None,
             None,
@@ -293,6 +383,7 @@ def selective_scan(
     damping: Tensor | None = None,
     emit: str = "q",
     chunk: int = DEFAULT_CHUNK,
+    implementation: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Run the selective Hamiltonian cell over a whole sequence; the plain loop's values and gradients.
 
@@ -307,6 +398,9 @@ def selective_scan(
             conservative step.
         emit: the variable returned at every step, ``"q"`` or ``"p"``.
         chunk: segment length of the backward workspace.
+        implementation: ``"compiled"`` (the C++ loops of ``csrc/selective.cpp``, built on first use),
+            ``"torch"`` (PyTorch ops, any device and dtype) or ``None``: compiled where
+            :func:`compiled_available`, else torch. Both compute the same.
 
     Returns:
         ``(outputs, p_T, q_T)``: ``emit`` of every step (T, B, n) and the final state, each (B, n).
@@ -317,4 +411,21 @@ def selective_scan(
         "damping": (damping, (n,)),
     }  # fmt: skip
     _validate(u, p0, q0, params, h, emit, chunk)
-    return _SelectiveScan.apply(u, p0, q0, weight_q, weight_p, bias_p, damping, float(h), emit, chunk)
+    implementation = _implementation(implementation, u)
+    if implementation == "compiled":  # its loops read rows of u and gamma through raw pointers
+        u, damping = u.contiguous(), None if damping is None else damping.contiguous()
+    return _SelectiveScan.apply(
+        u, p0, q0, weight_q, weight_p, bias_p, damping, float(h), emit, chunk, implementation
+    )
+
+
+def _implementation(name: str | None, u: Tensor) -> str:
+    if name is None:
+        return "compiled" if compiled_available(u) else "torch"
+    lookup(IMPLEMENTATIONS, name, "implementation")
+    if name == "compiled" and not compiled_available(u):
+        raise RuntimeError(
+            f"the compiled selective scan runs float32/float64 tensors on the CPU once built; got "
+            f"{u.dtype} on {u.device.type}, extension {'built' if selective_kernel() else 'unavailable'}"
+        )
+    return name
