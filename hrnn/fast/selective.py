@@ -294,10 +294,11 @@ def _backward_torch(tr, weights, h, damping, chunk, seeds, carry, grads) -> tupl
 def _backward_compiled(tr, weights, h, damping, chunk, seeds, carry, grads) -> tuple[Tensor, Tensor]:
     """The same in one call of the compiled loops, which update copies of the carries in place."""
     seed_is_p = seeds[0] is not None
+    seed = seeds[0] if seed_is_p else seeds[1]
     gp, gq = (c.clone(memory_format=torch.contiguous_format) for c in carry)
     no_gamma = grads.weight_q.new_empty(0)
     selective_kernel().backward(
-        tr.u, *weights, damping, h, tr.p, tr.q, tr.sig_q, tr.sig_p, seeds[0 if seed_is_p else 1], seed_is_p,
+        tr.u, *weights, damping, h, tr.p, tr.q, tr.sig_q, tr.sig_p, seed, seed_is_p,
         chunk, gp, gq, grads.u, grads.weight_q, grads.weight_p, grads.bias_p,
         no_gamma if grads.damping is None else grads.damping,
     )  # fmt: skip

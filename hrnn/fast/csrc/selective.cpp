@@ -202,8 +202,13 @@ void backward_impl(const Tensor& u, const Tensor& weight_q, const Tensor& weight
     grad_kp.addmm_(flat(ZETA).t(), flat(RP));
     grad_kq.addmm_(SA.narrow(0, t0, m).reshape({m * B, n}).t(), flat(TP), 1, -2);
     grad_kq.addmm_(flat(ETA).t(), flat(G));
-    for (auto [sum, x] : {std::pair{&col_tq, &TQ}, {&col_zeta, &ZETA}, {&col_tp, &TP}, {&col_friction, &FR}})
-      sum->add_(flat(*x).sum(at::IntArrayRef{0}, false, at::kDouble));
+    auto add_column_sums = [&](Tensor& sum, const Tensor& x) {
+      sum.add_(flat(x).sum(at::IntArrayRef{0}, false, at::kDouble));
+    };
+    add_column_sums(col_tq, TQ);
+    add_column_sums(col_zeta, ZETA);
+    add_column_sums(col_tp, TP);
+    if (damped) add_column_sums(col_friction, FR);  // undamped, gamma = 0 and the friction is unused
     t1 = t0;
   }
   // a = 2 sigma_a - 1: the -1 of a^T S is minus S's column sums in every row
